@@ -1,0 +1,5 @@
+"""``python -m onnxopt`` runs the command line."""
+
+from onnxopt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Command line: argument parsing only; everything else is the library.
+
+    onnxopt IN.onnx OUT.onnx [options]       optimize (lossless pipeline by default)
+    onnxopt unpack IN.onnxpack OUT.onnx      restore a packed model bit-exactly
+
+Exit codes: 0 success; 1 optimization or validation failure; 2 bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from onnxopt import __version__
+from onnxopt.errors import OnnxOptError, UsageError
+
+log = logging.getLogger("onnxopt")
+
+EPILOG = """\
+examples:
+  onnxopt model.onnx model.opt.onnx
+  onnxopt det.onnx det.opt.onnx --input-shape x=1,3,640,640 --report report.json
+  onnxopt model.onnx out.onnx --passes eliminate-identity,cleanup --validate end
+  onnxopt unpack model.onnxpack model.onnx
+
+exit codes: 0 success, 1 optimization or validation failure, 2 bad usage or unreadable input
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"onnxopt: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxopt", description="Optimize an ONNX model and prove it still answers like the original.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="model to optimize (.onnx, or a packed .onnxpack)")
+    p.add_argument("output", help="where to write the optimized model (written atomically)")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--passes", help="comma-separated passes to run instead of the default lossless pipeline")
+    g.add_argument("--list-passes", action="store_true", help=argparse.SUPPRESS)
+    g = p.add_argument_group("inputs and validation")
+    g.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                   help="fix a dynamic input's shape (repeatable); the output model keeps it fixed")
+    g.add_argument("--validation-data", metavar="VAL.npz", help="validation samples (.npz, one key per input)")
+    g.add_argument("--calibration", metavar="CALIB.npz",
+                   help="calibration samples; some are held apart for validation when --validation-data is absent")
+    g.add_argument("--validate", choices=("each", "end", "off"), default="each",
+                   help="validate after each pass (default), only at the end, or not at all")
+    g.add_argument("--samples", type=int, default=4, help="synthetic validation samples (default 4)")
+    g.add_argument("--int-range", type=int, default=16, metavar="N",
+                   help="synthetic integer inputs are drawn from [0, N) (default 16)")
+    g.add_argument("--rtol", type=float, default=1e-4, help="lossless passes: relative tolerance (default 1e-4)")
+    g.add_argument("--atol", type=float, default=1e-5, help="lossless passes: absolute tolerance (default 1e-5)")
+    g.add_argument("--min-cosine", type=float, default=0.99, help="lossy passes: min cosine per output (0.99)")
+    g.add_argument("--min-sqnr", type=float, default=20.0, help="lossy passes: min SQNR in dB per output (20)")
+    g.add_argument("--min-top1", type=float, default=0.0, help="lossy passes: min top-1 agreement (0 = off)")
+    g.add_argument("--keep-going", action="store_true",
+                   help="roll back a lossy pass that misses its budget instead of failing the run")
+    g = p.add_argument_group("output")
+    g.add_argument("--report", metavar="REPORT.json", help="write the full report as JSON")
+    g.add_argument("--seed", type=int, default=0, help="seed for synthetic data (default 0)")
+    g.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more detail; -v shows tracebacks")
+    p.add_argument("--version", action="version", version=f"onnxopt {__version__}")
+    return p
+
+
+def build_unpack_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxopt unpack", description="Restore a packed model (.onnxpack) to a plain .onnx, bit-exactly.")
+    p.add_argument("input", help="packed model")
+    p.add_argument("output", help="where to write the .onnx (written atomically)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxopt: %(levelname)s: %(message)s"))
+    root = logging.getLogger("onnxopt")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from onnxopt.api import optimize
+    from onnxopt.data import parse_input_shapes
+    from onnxopt.model import write_bytes_atomic
+    from onnxopt.progress import Progress
+    from onnxopt.validate import Budget, Tolerance
+
+    Progress.enabled_default = not args.quiet
+    passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes is not None else None
+    if passes is not None and not passes:
+        raise UsageError("--passes is empty")
+    if Path(args.input).resolve() == Path(args.output).resolve():
+        log.info("output replaces the input; it is written atomically once everything succeeded")
+    budget = Budget(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr, min_top1=args.min_top1)
+    report = None
+    try:
+        result = optimize(
+            args.input, args.output, passes=passes, input_shapes=parse_input_shapes(args.input_shape),
+            validation_data=args.validation_data, calibration=args.calibration, validate=args.validate,
+            samples=args.samples, seed=args.seed, int_high=args.int_range,
+            tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget=budget, keep_going=args.keep_going,
+        )
+        report = result.report
+    except OnnxOptError as exc:
+        report = getattr(exc, "report", None)
+        raise
+    finally:
+        if args.report and report is not None:
+            write_bytes_atomic(args.report, (report.to_json() + "\n").encode())
+    if not args.quiet:
+        print(report.to_text())
+    return 0
+
+
+def _run_unpack(args: argparse.Namespace) -> int:
+    from onnxopt.model import load, save
+
+    model = load(args.input)
+    save(model, args.output)
+    if not args.quiet:
+        print(f"onnxopt: unpacked {args.input} -> {args.output}")
+    return 0
+
+
+def _list_passes() -> int:
+    from onnxopt.registry import builtin_passes, default_pipeline
+
+    default = default_pipeline()
+    for name, cls in sorted(builtin_passes().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        mark = "*" if name in default else " "
+        print(f"{mark} {name:<22} {cls.kind.value:<8} {doc}")
+    print("(* = in the default pipeline)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``onnxopt`` and ``python -m onnxopt``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--list-passes":
+        return _list_passes()
+    unpack = bool(argv) and argv[0] == "unpack"
+    parser = build_unpack_parser() if unpack else build_parser()
+    try:
+        args = parser.parse_args(argv[1:] if unpack else argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return _run_unpack(args) if unpack else _run_optimize(args)
+    except OnnxOptError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"onnxopt: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("onnxopt: interrupted; nothing was written\n")
+        return 130
+    except MemoryError:
+        sys.stderr.write("onnxopt: error: out of memory; try --validate end or off for very large models\n")
+        return 1
+    except Exception as exc:  # a bug: still one line unless -v
+        if args.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"onnxopt: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""PassManager: run passes, snapshot, validate against onnxruntime, roll back, report.
+
+For each pass: the current ModelProto is the snapshot (passes edit a graphsurgeon graph imported from
+it, never the proto itself; weights come in as read-only arrays). After a pass that says it modified
+the graph, the exported model is checked, run in onnxruntime CPU, and compared
+- with the previous stage, against the pass's own budget (tight tolerance for EXACT/NUMERIC passes,
+  the lossy budget for LOSSY ones), and
+- with the original, against the whole-run budget, so small lossy errors cannot add up unseen.
+A lossless pass that fails is rolled back and the run goes on; a lossy pass that fails stops the run
+with ValidationError unless ``keep_going``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import onnx
+
+from onnxopt.context import PassContext
+from onnxopt.errors import OnnxOptError, PassError, ValidationError
+from onnxopt.feeds import ValidationSet
+from onnxopt.model import (
+    check_model,
+    default_opset,
+    node_count,
+    to_graph,
+    to_model,
+    upgrade_opset,
+    weight_bytes,
+)
+from onnxopt.passes_api import Kind, Pass, PassResult
+from onnxopt.progress import Progress
+from onnxopt.report import PassReport, RunReport
+from onnxopt.validate import Budget, OrtRunner, Outputs, Tolerance, compare_outputs, short_error, summarize
+
+log = logging.getLogger(__name__)
+
+VALIDATE_MODES = ("each", "end", "off")
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape-inferred copy of ``model`` for passes to read dtypes/shapes; ``model`` itself if inference fails."""
+    if weight_bytes(model) > 2**31 - 2**26:
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference is best-effort: passes must cope with unknown shapes
+        log.debug("shape inference failed: %s", exc)
+        return model
+
+
+class PassManager:
+    """Runs a list of passes over a model with validation after each (see module docstring)."""
+
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        *,
+        validate: str = "each",
+        tolerance: Tolerance | None = None,
+        budget: Budget | None = None,
+        run_budget: Budget | None = None,
+        keep_going: bool = False,
+    ):
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
+        self.passes = list(passes)
+        self.validate = validate
+        self.tolerance = tolerance or Tolerance()
+        self.budget = budget or Budget()
+        self.run_budget = run_budget or self.budget
+        self.keep_going = keep_going
+
+    # ------------------------------------------------------------------ running
+
+    def run(
+        self,
+        model: onnx.ModelProto,
+        context: PassContext,
+        validation: ValidationSet | None,
+        report: RunReport | None = None,
+    ) -> tuple[onnx.ModelProto, RunReport]:
+        """Run every pass; returns the final model and the filled report (raises on lossy failure)."""
+        report = report or RunReport()
+        report.validation_mode = self.validate if validation is not None else "off"
+        report.nodes_before = node_count(model)
+        report.weight_bytes_before = weight_bytes(model)
+        start = time.perf_counter()
+        current = model
+        previous_outputs: list[Outputs] | None = validation.reference if validation else None
+        for p in self.passes:
+            current, previous_outputs = self._run_one(p, current, context, validation, previous_outputs, report)
+        if validation is not None and self.validate != "off":
+            self._final_check(current, validation, report, previous_outputs)
+        report.nodes_after = node_count(current)
+        report.weight_bytes_after = weight_bytes(current)
+        report.seconds += time.perf_counter() - start
+        return current, report
+
+    def _run_one(
+        self,
+        p: Pass,
+        current: onnx.ModelProto,
+        context: PassContext,
+        validation: ValidationSet | None,
+        previous_outputs: list[Outputs] | None,
+        report: RunReport,
+    ) -> tuple[onnx.ModelProto, list[Outputs] | None]:
+        entry = PassReport(
+            name=p.name, kind=p.kind.value, status="unchanged", modified=False, seconds=0.0,
+            nodes_before=node_count(current), nodes_after=node_count(current),
+            weight_bytes_before=weight_bytes(current), weight_bytes_after=weight_bytes(current),
+        )
+        report.passes.append(entry)
+        log.info("pass %s ...", p.name)
+        t0 = time.perf_counter()
+        try:
+            candidate, result = self._apply(p, current, context)
+        except OnnxOptError as exc:
+            entry.seconds = time.perf_counter() - t0
+            return self._reject(p, entry, current, previous_outputs, f"error: {exc}", exc)
+        except Exception as exc:  # a bug in a pass must not take the run down with it
+            entry.seconds = time.perf_counter() - t0
+            log.debug("pass %s raised", p.name, exc_info=True)
+            return self._reject(p, entry, current, previous_outputs,
+                                f"internal error: {type(exc).__name__}: {exc}", PassError(str(exc)))
+        entry.seconds = time.perf_counter() - t0
+        entry.stats = result.stats
+        if not result.modified or candidate is None:
+            return current, previous_outputs
+        entry.modified = True
+        entry.nodes_after = node_count(candidate)
+        entry.weight_bytes_after = weight_bytes(candidate)
+        if validation is None or self.validate != "each":
+            entry.status = "applied" if validation is None or self.validate == "off" else "applied (unvalidated)"
+            context.invalidate()
+            return candidate, previous_outputs
+        t1 = time.perf_counter()
+        try:
+            outputs = self._run_ort(candidate, validation, p.name)
+        except ValidationError as exc:
+            entry.validation_seconds = time.perf_counter() - t1
+            return self._reject(p, entry, current, previous_outputs, str(exc), exc)
+        entry.validation_seconds = time.perf_counter() - t1
+        vs_prev = compare_outputs(previous_outputs or validation.reference, outputs)
+        vs_orig = compare_outputs(validation.reference, outputs)
+        entry.vs_previous = summarize(vs_prev)
+        entry.vs_original = summarize(vs_orig)
+        if p.kind.lossless:
+            problems = self.tolerance.check(vs_prev)
+        else:
+            problems = self.budget.check(vs_prev) + [f"whole run: {m}" for m in self.run_budget.check(vs_orig)]
+        if problems:
+            return self._reject(p, entry, current, previous_outputs, "; ".join(problems),
+                                ValidationError(f"pass {p.name!r} failed validation: {problems[0]}"))
+        entry.status = "applied"
+        context.invalidate()
+        return candidate, outputs
+
+    def _apply(self, p: Pass, current: onnx.ModelProto, context: PassContext
+               ) -> tuple[onnx.ModelProto | None, PassResult]:
+        base = current
+        if p.min_opset and default_opset(current) < p.min_opset:
+            base = upgrade_opset(current, p.min_opset)
+        graph = to_graph(infer_shapes(base))
+        if p.min_opset and graph.opset < p.min_opset:
+            graph.opset = p.min_opset
+        context.model = base
+        result = p.run(graph, context)
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass {p.name!r} returned {type(result).__name__}, not PassResult")
+        if not result.modified:
+            return None, result
+        graph.toposort(recurse_subgraphs=True)
+        candidate = to_model(graph, like=base)
+        check_model(candidate, f"model after pass {p.name!r}")
+        return candidate, result
+
+    def _reject(
+        self,
+        p: Pass,
+        entry: PassReport,
+        current: onnx.ModelProto,
+        previous_outputs: list[Outputs] | None,
+        message: str,
+        exc: OnnxOptError,
+    ) -> tuple[onnx.ModelProto, list[Outputs] | None]:
+        """Roll a lossless pass back (run goes on); fail the run for a lossy one unless keep_going."""
+        entry.nodes_after = entry.nodes_before
+        entry.weight_bytes_after = entry.weight_bytes_before
+        entry.message = message
+        if p.kind is Kind.LOSSY and not self.keep_going:
+            entry.status = "failed"
+            raise exc
+        entry.status = "rolled-back"
+        log.warning("pass %s rolled back: %s", p.name, message)
+        return current, previous_outputs
+
+    def _run_ort(self, model: onnx.ModelProto, validation: ValidationSet, what: str) -> list[Outputs]:
+        try:
+            runner = OrtRunner(model)
+        except Exception as exc:
+            msg = f"model after pass {what!r} does not load in onnxruntime: {short_error(exc)}"
+            raise ValidationError(msg) from None
+        outputs = []
+        with Progress(len(validation.feeds), f"validating {what}") as bar:
+            for feed in validation.feeds:
+                try:
+                    outputs.append(runner.run(feed))
+                except Exception as exc:
+                    msg = f"model after pass {what!r} fails in onnxruntime: {short_error(exc)}"
+                    raise ValidationError(msg) from None
+                bar.advance()
+        runner.close()
+        return outputs
+
+    def _final_check(self, model: onnx.ModelProto, validation: ValidationSet, report: RunReport,
+                     last_outputs: list[Outputs] | None) -> None:
+        """Compare the final model with the original; for ``--validate end`` this is the only check."""
+        if self.validate == "each" and last_outputs is not None:
+            outputs = last_outputs
+        else:
+            outputs = self._run_ort(model, validation, "final model")
+        metrics = compare_outputs(validation.reference, outputs)
+        report.final = summarize(metrics)
+        report.final_outputs = {k: v.to_dict() for k, v in metrics.items()}
+        lossy = any(p.kind == Kind.LOSSY.value and p.status.startswith("applied") for p in report.passes)
+        problems = self.run_budget.check(metrics) if lossy else Tolerance(
+            self.tolerance.rtol * 4, self.tolerance.atol * 4).check(metrics)
+        if problems:
+            hint = "" if self.validate == "each" else " (run with --validate each to find the pass)"
+            raise ValidationError(f"final model differs from the original: {problems[0]}{hint}")

@@ -1,0 +1,369 @@
+"""Model I/O: load and save ONNX models safely, and move them in and out of onnx-graphsurgeon.
+
+Invariants:
+- the input file is never written; saving goes to a temp file in the target folder, then a rename;
+- external data may only live inside the model's own folder (no absolute paths, no ``..``, no symlink
+  that leads out);
+- models whose tensors exceed protobuf's 2 GB limit are saved with external data automatically;
+- opset, IR version, producer, doc string and metadata_props survive graphsurgeon round trips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Union
+
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from onnxopt.errors import BadModelError, OutputError, PassError
+
+log = logging.getLogger(__name__)
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]  # noqa: UP007 (runtime alias, py3.10)
+
+#: protobuf refuses messages of 2 GiB; leave room for the graph itself
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_MARGIN = 64 * 2**20
+#: tensors at least this large go to the external data file when external data is needed
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+
+# --------------------------------------------------------------------------- tensor walking
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Yield ``graph`` and every subgraph nested in node attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_graphs(g)
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Yield every TensorProto holding weights: initializers and Constant/attribute tensors, subgraphs too."""
+    for graph in iter_graphs(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of data a tensor holds in memory (raw or typed fields), without materializing it."""
+    if t.HasField("raw_data") or t.raw_data:
+        return len(t.raw_data)
+    for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        values = getattr(t, field)
+        if len(values):
+            itemsize = 8 if field in ("int64_data", "double_data", "uint64_data") else 4
+            if field == "string_data":
+                return sum(len(s) for s in values)
+            return len(values) * itemsize
+    return 0
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Total bytes of weights in ``model`` (initializers and constant tensors, subgraphs included)."""
+    return sum(tensor_nbytes(t) for t in iter_tensors(model))
+
+
+def node_count(model: onnx.ModelProto, *, recursive: bool = True) -> int:
+    """Number of nodes in the main graph (and, with ``recursive``, in every subgraph)."""
+    graphs = iter_graphs(model.graph) if recursive else [model.graph]
+    return sum(len(g.node) for g in graphs)
+
+
+def uses_external_data(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _external_location(t: onnx.TensorProto) -> str:
+    for entry in t.external_data:
+        if entry.key == "location":
+            return entry.value
+    raise BadModelError(f"tensor {t.name!r} is marked external but has no 'location'")
+
+
+def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that are absolute, climb out of ``base_dir`` or follow a symlink out."""
+    base_real = Path(os.path.realpath(base_dir))
+    for t in iter_tensors(model):
+        if not uses_external_data(t):
+            continue
+        loc = _external_location(t)
+        if os.path.isabs(loc) or loc.startswith(("\\", "/")) or (len(loc) > 1 and loc[1] == ":"):
+            raise BadModelError(
+                f"tensor {t.name!r}: external data location {loc!r} is an absolute path; "
+                "only files inside the model's folder are allowed"
+            )
+        target = Path(os.path.realpath(base_real / loc))
+        if os.path.commonpath([base_real, target]) != str(base_real):
+            raise BadModelError(
+                f"tensor {t.name!r}: external data location {loc!r} resolves outside the model's folder "
+                f"{str(base_dir)!r}; refusing to read it"
+            )
+        if not target.is_file():
+            raise BadModelError(f"tensor {t.name!r}: external data file {loc!r} not found next to the model")
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise BadModelError(f"{what}: not a readable ONNX model ({exc.__class__.__name__}: {exc})") from None
+    if not model.HasField("graph") or model.ir_version <= 0 or not model.opset_import:
+        raise BadModelError(f"{what}: not an ONNX model (no graph, IR version or opset)")
+    return model
+
+
+def load(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
+    """Load a model from a path, bytes or a ModelProto, with its external data; never modifies the source.
+
+    Packed files (``--pack`` output) are recognized by their magic header and unpacked.
+    Raises :class:`BadModelError` with a one-line reason for anything that is not a sound ONNX model.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        what = "model"
+        base_dir = None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        model = _load_packed_or_parse(data, "model bytes")
+        what, base_dir = "model bytes", None
+    else:
+        path = Path(os.fspath(source))
+        what = str(path)
+        if not path.exists():
+            raise BadModelError(f"{path}: no such file")
+        if not path.is_file():
+            raise BadModelError(f"{path}: not a file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadModelError(f"{path}: cannot read ({exc.strerror})") from None
+        model = _load_packed_or_parse(data, what)
+        base_dir = path.parent
+    if any(uses_external_data(t) for t in iter_tensors(model)):
+        if base_dir is None:
+            raise BadModelError(f"{what}: uses external data but was not loaded from a file path")
+        check_external_locations(model, base_dir)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
+        except (OSError, ValueError) as exc:
+            raise BadModelError(f"{what}: cannot read external data ({exc})") from None
+    if check:
+        check_model(model, what)
+    return model
+
+
+def _load_packed_or_parse(data: bytes, what: str) -> onnx.ModelProto:
+    from onnxopt.packing import is_packed, unpack_model
+
+    if is_packed(data):
+        return unpack_model(data, source=what)
+    return _parse(data, what)
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """Run the ONNX checker; models too large for an in-memory check are checked structurally only."""
+    if weight_bytes(model) > PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN:
+        return
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadModelError(f"{what}: invalid ONNX model: {first}") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    return weight_bytes(model) > PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder; rename it over ``path`` only if the block succeeds."""
+    target = Path(os.fspath(path))
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{target}: output folder {str(folder)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write to folder {str(folder)!r} ({exc.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    with atomic_output(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"{path}: write failed ({exc.strerror})") from None
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Save ``model`` to ``path`` atomically.
+
+    ``external_data=None`` decides by size: above protobuf's 2 GB limit the weights go to
+    ``<name>.data`` beside the model. The in-memory ``model`` is left exactly as it was.
+    """
+    path = Path(os.fspath(path))
+    if external_data is None:
+        external_data = needs_external_data(model)
+    if not external_data:
+        try:
+            data = model.SerializeToString()
+        except ValueError as exc:
+            raise OutputError(f"{path}: cannot serialize model ({exc})") from None
+        write_bytes_atomic(path, data)
+        return
+    _save_with_external_data(model, path)
+
+
+def _to_raw(t: onnx.TensorProto) -> None:
+    """Move typed-field data into raw_data so it can be written as bytes."""
+    if t.raw_data or t.data_type == onnx.TensorProto.STRING:
+        return
+    arr = numpy_helper.to_array(t)
+    raw = arr.tobytes()
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        t.ClearField(field)
+    t.raw_data = raw
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    data_name = path.name + ".data"
+    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    with atomic_output(path.parent / data_name, suffix=".data.tmp") as data_tmp:
+        try:
+            with open(data_tmp, "wb") as f:
+                offset = 0
+                for t in iter_tensors(model):
+                    if t.data_type == onnx.TensorProto.STRING or tensor_nbytes(t) < EXTERNAL_TENSOR_MIN_BYTES:
+                        continue
+                    _to_raw(t)
+                    raw = t.raw_data
+                    pad = (-offset) % 4096
+                    f.write(b"\0" * pad)
+                    offset += pad
+                    f.write(raw)
+                    moved.append((t, raw))
+                    del t.external_data[:]
+                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                        entry = t.external_data.add()
+                        entry.key, entry.value = key, value
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    t.ClearField("raw_data")
+                    offset += len(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            write_bytes_atomic(path, model.SerializeToString())
+        except OSError as exc:
+            raise OutputError(f"{path}: write failed ({exc.strerror})") from None
+        finally:
+            for t, raw in moved:  # put the caller's model back as it was
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = raw
+
+
+# --------------------------------------------------------------------------- graphsurgeon round trip
+
+_MODEL_FIELDS_KEPT = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a model into graphsurgeon (the in-memory graph every pass edits)."""
+    try:
+        return gs.import_onnx(model)
+    except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
+        raise BadModelError(f"cannot import model into onnx-graphsurgeon: {exc}") from None
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` to a ModelProto that keeps ``like``'s IR version, opsets and metadata."""
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    except Exception as exc:
+        raise PassError(f"cannot export graph from onnx-graphsurgeon: {exc}") from None
+    model.ir_version = like.ir_version
+    opsets = {o.domain: o.version for o in like.opset_import}
+    for o in model.opset_import:  # a pass may have raised an opset (e.g. QDQ needs 13)
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    del model.opset_import[:]
+    for domain, version in opsets.items():
+        model.opset_import.add(domain=domain, version=version)
+    for name in _MODEL_FIELDS_KEPT:
+        if like.HasField(name):
+            setattr(model, name, getattr(like, name))
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    if not model.functions and like.functions:
+        model.functions.extend(like.functions)
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return 1
+
+
+def upgrade_opset(model: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
+    """Return ``model`` converted to at least ``min_opset`` (the same object if already there)."""
+    current = default_opset(model)
+    if current >= min_opset:
+        return model
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, min_opset)
+    except Exception as exc:
+        raise PassError(f"cannot upgrade the model from opset {current} to {min_opset}: {exc}") from None
+    # version_converter may drop metadata; keep the model's identity
+    for name in _MODEL_FIELDS_KEPT:
+        if model.HasField(name) and not converted.HasField(name):
+            setattr(converted, name, getattr(model, name))
+    if not converted.metadata_props:
+        converted.metadata_props.extend(model.metadata_props)
+    return converted

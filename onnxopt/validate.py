@@ -1,0 +1,255 @@
+"""Run models in onnxruntime on CPU and compare their outputs.
+
+Metrics per output, over all validation samples: max abs error, max relative error, cosine
+similarity, SQNR in dB, and top-1 agreement for class-score-like outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxopt.data import Feed
+from onnxopt.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+class OrtRunner:
+    """An onnxruntime CPU session for one model (temp file with external data past 2 GB)."""
+
+    def __init__(self, model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True):
+        import onnxruntime as ort
+
+        from onnxopt.model import needs_external_data, save
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self._tmpdir = None
+        if needs_external_data(model):
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
+            path = Path(self._tmpdir.name) / "model.onnx"
+            save(model, path, external_data=True)
+            source: str | bytes = str(path)
+        else:
+            source = model.SerializeToString()
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: Feed) -> Outputs:
+        values = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, values))
+
+    def run_all(self, feeds: Sequence[Feed]) -> list[Outputs]:
+        return [self.run(f) for f in feeds]
+
+    def close(self) -> None:
+        self.session = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
+def short_error(exc: BaseException) -> str:
+    """First meaningful line of an onnxruntime error, without its file/line noise."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:400]
+
+
+@dataclass
+class OutputMetrics:
+    """How one output of a candidate model compares with a reference, over all samples."""
+
+    name: str
+    dtype: str
+    exact: bool  # bit-equal (NaN == NaN)
+    shape_ok: bool
+    max_abs: float
+    max_rel: float
+    ref_max_abs: float
+    cosine: float
+    sqnr_db: float
+    top1: float | None  # fraction of rows whose argmax agrees (class-score-like outputs only)
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) and v != math.inf else v)
+                for k, v in asdict(self).items()}
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def compare_outputs(refs: Sequence[Outputs], outs: Sequence[Outputs]) -> dict[str, OutputMetrics]:
+    """Compare candidate outputs with reference outputs, sample by sample, output by output."""
+    if not refs:
+        return {}
+    metrics: dict[str, OutputMetrics] = {}
+    for name in refs[0]:
+        exact = shape_ok = True
+        max_abs = max_rel = ref_max = 0.0
+        dot = ref_sq = out_sq = noise_sq = 0.0
+        top1_hits = top1_total = 0
+        dtype = str(refs[0][name].dtype)
+        for ref_all, out_all in zip(refs, outs):
+            ref = np.asarray(ref_all[name])
+            if name not in out_all:
+                exact = shape_ok = False
+                continue
+            out = np.asarray(out_all[name])
+            if ref.shape != out.shape:
+                exact = shape_ok = False
+                continue
+            if ref.dtype.kind in "OUS" or out.dtype.kind in "OUS":
+                exact &= bool(np.array_equal(ref, out))
+                continue
+            if _is_float(ref) or _is_float(out):
+                r = ref.astype(np.float64)
+                o = out.astype(np.float64)
+                same_nan = np.isnan(r) == np.isnan(o)
+                if not same_nan.all():
+                    exact = False
+                    max_abs = max_rel = math.inf
+                finite = np.isfinite(r) & np.isfinite(o)
+                inf_same = np.all((r == o) | finite | (np.isnan(r) & np.isnan(o)))
+                if not inf_same:
+                    exact = False
+                    max_abs = max_rel = math.inf
+                r, o = np.where(finite, r, 0.0), np.where(finite, o, 0.0)
+                diff = np.abs(r - o)
+                exact &= bool(np.array_equal(ref, out, equal_nan=True))
+                if diff.size:
+                    max_abs = max(max_abs, float(diff.max()))
+                    ref_max = max(ref_max, float(np.abs(r).max()))
+                    max_rel = max(max_rel, float((diff / np.maximum(np.abs(r), 1e-12)).max()))
+                dot += float((r * o).sum())
+                ref_sq += float((r * r).sum())
+                out_sq += float((o * o).sum())
+                noise_sq += float(((r - o) ** 2).sum())
+                if r.ndim >= 2 and r.shape[-1] > 1 and r.ndim <= 3:
+                    hits = np.argmax(r, axis=-1) == np.argmax(o, axis=-1)
+                    top1_hits += int(hits.sum())
+                    top1_total += hits.size
+            else:
+                equal = bool(np.array_equal(ref, out))
+                exact &= equal
+                if not equal:
+                    d = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+                    max_abs = max(max_abs, float(d.max()) if d.size else 0.0)
+                    max_rel = math.inf
+                if ref.size:
+                    ref_max = max(ref_max, float(np.abs(ref.astype(np.float64)).max()))
+        if noise_sq == 0.0:
+            sqnr = math.inf
+        elif ref_sq == 0.0:
+            sqnr = -math.inf
+        else:
+            sqnr = 10.0 * math.log10(ref_sq / noise_sq)
+        if ref_sq == 0.0 and out_sq == 0.0:
+            cosine = 1.0
+        elif ref_sq == 0.0 or out_sq == 0.0:
+            cosine = 0.0
+        else:
+            cosine = dot / math.sqrt(ref_sq * out_sq)
+        if not shape_ok:
+            cosine, sqnr = 0.0, -math.inf
+        metrics[name] = OutputMetrics(
+            name=name, dtype=dtype, exact=exact, shape_ok=shape_ok, max_abs=max_abs, max_rel=max_rel,
+            ref_max_abs=ref_max, cosine=cosine, sqnr_db=sqnr,
+            top1=(top1_hits / top1_total) if top1_total else None,
+        )
+    return metrics
+
+
+@dataclass
+class Tolerance:
+    """Budget for lossless passes: ints/bools bit-equal, floats within atol + rtol * max|ref|.
+
+    The default passes onnxruntime's own float reassociation (different fusions, summation order)
+    and fails any real rewrite bug, which moves outputs by far more than 1e-4 of their range.
+    """
+
+    rtol: float = 1e-4
+    atol: float = 1e-5
+
+    def check(self, metrics: dict[str, OutputMetrics]) -> list[str]:
+        problems = []
+        for m in metrics.values():
+            if not m.shape_ok:
+                problems.append(f"output {m.name!r}: shape or presence changed")
+            elif m.exact:
+                continue
+            elif not m.dtype.startswith(("float", "bfloat")):
+                problems.append(f"output {m.name!r} ({m.dtype}): values changed (max abs diff {m.max_abs:g})")
+            elif m.max_abs > self.atol + self.rtol * m.ref_max_abs:
+                problems.append(
+                    f"output {m.name!r}: max abs error {m.max_abs:.3g} exceeds "
+                    f"{self.atol:g} + {self.rtol:g} x {m.ref_max_abs:.3g}"
+                )
+        return problems
+
+
+@dataclass
+class Budget:
+    """Fidelity budget for lossy passes, per float output: cosine, SQNR and top-1 agreement."""
+
+    min_cosine: float = 0.99
+    min_sqnr_db: float = 20.0
+    min_top1: float = 0.0
+
+    def check(self, metrics: dict[str, OutputMetrics]) -> list[str]:
+        problems = []
+        for m in metrics.values():
+            if not m.shape_ok:
+                problems.append(f"output {m.name!r}: shape or presence changed")
+                continue
+            if not m.dtype.startswith(("float", "bfloat")):
+                if not m.exact:
+                    problems.append(f"output {m.name!r} ({m.dtype}): values changed")
+                continue
+            if m.cosine < self.min_cosine:
+                problems.append(f"output {m.name!r}: cosine {m.cosine:.4f} < {self.min_cosine}")
+            if m.sqnr_db < self.min_sqnr_db:
+                problems.append(f"output {m.name!r}: SQNR {m.sqnr_db:.1f} dB < {self.min_sqnr_db} dB")
+            if m.top1 is not None and m.top1 < self.min_top1:
+                problems.append(f"output {m.name!r}: top-1 agreement {m.top1:.3f} < {self.min_top1}")
+        return problems
+
+
+def summarize(metrics: dict[str, OutputMetrics]) -> dict:
+    """Worst case over outputs: one line of numbers for the report."""
+    floats = [m for m in metrics.values() if m.dtype.startswith(("float", "bfloat"))]
+    out: dict = {"exact": all(m.exact for m in metrics.values())}
+    if floats:
+        out["max_abs"] = max(m.max_abs for m in floats)
+        out["min_cosine"] = min(m.cosine for m in floats)
+        out["min_sqnr_db"] = min(m.sqnr_db for m in floats)
+        tops = [m.top1 for m in floats if m.top1 is not None]
+        if tops:
+            out["min_top1"] = min(tops)
+    return out
+
+
+def ensure_runs(model: onnx.ModelProto, feed: Feed, what: str) -> None:
+    """Raise ValidationError if onnxruntime cannot run ``model`` on ``feed``."""
+    try:
+        runner = OrtRunner(model)
+        runner.run(feed)
+        runner.close()
+    except Exception as exc:
+        raise ValidationError(f"{what}: onnxruntime cannot run it: {short_error(exc)}") from None
+
+

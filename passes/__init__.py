@@ -1,0 +1,17 @@
+"""Built-in rewrite passes, listed explicitly (installed as ``onnxopt.passes``)."""
+
+from __future__ import annotations
+
+from onnxopt.passes_api import Pass
+
+from .cleanup import Cleanup
+from .eliminate_identity import EliminateIdentity
+
+#: every built-in pass, by class; the registry keys them by ``Pass.name``
+BUILTIN_PASSES: list[type[Pass]] = [
+    Cleanup,
+    EliminateIdentity,
+]
+
+#: the lossless pipeline `python -m onnxopt IN OUT` runs
+DEFAULT_PIPELINE: list[str] = ["eliminate-identity", "cleanup"]
