@@ -77,7 +77,7 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
         if not sep or not name:
             raise UsageError(f"--input-shape {item!r}: expected NAME=D1,D2,... (e.g. input=1,3,224,224)")
         try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip() != "")
+            shape = tuple(int(d) for d in dims.split(",") if d.strip() != "")
         except ValueError:
             raise UsageError(f"--input-shape {item!r}: dimensions must be integers") from None
         if any(d < 0 for d in shape):

@@ -101,7 +101,7 @@ class EliminateIdentity(Pass):
         for g in all_graphs(graph):
             for node in list(g.nodes):
                 rule = RULES.get(node.op)
-                if rule is None or node.domain not in ("", "ai.onnx") or not node.inputs or not node.outputs:
+                if rule is None or (node.domain or "") not in ("", "ai.onnx") or not node.inputs or not node.outputs:
                     continue
                 reason = rule(node)
                 if reason is not None:

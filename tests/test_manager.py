@@ -1,0 +1,142 @@
+"""PassManager: validation after each pass, rollback of lossless passes, lossy budgets, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+from conftest import make_mlp, run_ort
+
+import onnxopt
+from onnxopt.context import PassContext
+from onnxopt.errors import ValidationError
+from onnxopt.passes_api import Kind, Pass, PassResult
+
+
+class ScaleWeight(Pass):
+    """Multiplies w2 by ``factor``: a wrong rewrite when declared lossless."""
+
+    name = "scale-weight"
+
+    def __init__(self, factor: float = 1.5, kind: Kind = Kind.EXACT):
+        self.factor = factor
+        self.kind = kind  # type: ignore[misc]
+
+    def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
+        w = graph.tensors()["w2"]
+        w.values = np.asarray(w.values) * np.float32(self.factor)
+        return PassResult(True, {"scaled": 1})
+
+
+class Crash(Pass):
+    name = "crash"
+    kind = Kind.NUMERIC
+
+    def run(self, graph, context):
+        raise RuntimeError("boom")
+
+
+class LiesUnchanged(Pass):
+    """Claims modified=False: the manager must keep the previous model (and its answers)."""
+
+    name = "noop"
+    kind = Kind.EXACT
+
+    def run(self, graph, context):
+        graph.nodes.clear()
+        return PassResult(False)
+
+
+def test_lossless_pass_that_changes_answers_is_rolled_back(mlp):
+    res = onnxopt.optimize(mlp, passes=[ScaleWeight(), "cleanup"])
+    first, second = res.report.passes
+    assert first.status == "rolled-back" and "max abs error" in first.message
+    assert second.status == "applied"
+    x = np.ones((1, 8), np.float32)
+    np.testing.assert_allclose(run_ort(res.model, {"x": x})[0], run_ort(mlp, {"x": x})[0], rtol=1e-6)
+    assert res.report.ok
+
+
+def test_crashing_pass_is_rolled_back_and_run_goes_on(mlp):
+    res = onnxopt.optimize(mlp, passes=[Crash(), "eliminate-identity"])
+    assert res.report.passes[0].status == "rolled-back"
+    assert "boom" in res.report.passes[0].message
+    assert res.report.passes[1].status == "applied"
+    assert "Identity" not in {n.op_type for n in res.model.graph.node}
+
+
+def test_unmodified_pass_keeps_previous_model(mlp):
+    res = onnxopt.optimize(mlp, passes=[LiesUnchanged()])
+    assert res.report.passes[0].status == "unchanged"
+    assert res.model.SerializeToString() == onnxopt.load(mlp).SerializeToString()
+
+
+def test_lossy_pass_over_budget_fails_the_run(mlp, tmp_path):
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ValidationError, match=r"scale-weight.*(cosine|SQNR)") as info:
+        onnxopt.optimize(mlp, out, passes=[ScaleWeight(factor=-1.0, kind=Kind.LOSSY)])
+    assert not out.exists()
+    assert info.value.report.passes[0].status == "failed"
+
+
+def test_lossy_pass_within_budget_is_applied_and_measured(mlp):
+    res = onnxopt.optimize(mlp, passes=[ScaleWeight(factor=1.001, kind=Kind.LOSSY)])
+    entry = res.report.passes[0]
+    assert entry.status == "applied"
+    assert 0.999 < entry.vs_original["min_cosine"] <= 1.0 + 1e-9
+    assert entry.vs_original["min_sqnr_db"] > 40
+
+
+def test_keep_going_rolls_back_lossy_failure(mlp):
+    res = onnxopt.optimize(mlp, passes=[ScaleWeight(factor=-1.0, kind=Kind.LOSSY), "cleanup"], keep_going=True)
+    assert [p.status for p in res.report.passes] == ["rolled-back", "applied"]
+
+
+def test_validate_end_catches_a_bad_pipeline(mlp):
+    with pytest.raises(ValidationError, match="final model differs"):
+        onnxopt.optimize(mlp, passes=[ScaleWeight()], validate="end")
+
+
+def test_validate_off_applies_without_running(mlp):
+    res = onnxopt.optimize(mlp, passes=[ScaleWeight()], validate="off")
+    assert res.report.passes[0].status == "applied"
+    assert res.report.validation_mode == "off"
+
+
+def test_report_contents(mlp):
+    res = onnxopt.optimize(mlp)
+    rep = res.report
+    assert rep.nodes_before == 6 and rep.nodes_after == 4  # Identity and the dead Neg are gone
+    assert rep.weight_bytes_after < rep.weight_bytes_before  # the unused initializer is gone
+    assert rep.validation_synthetic and "SYNTHETIC" in rep.validation_data
+    assert rep.final["exact"] is True
+    data = json.loads(rep.to_json())
+    assert [p["name"] for p in data["passes"]] == ["eliminate-identity", "cleanup"]
+    assert {"seconds", "nodes_before", "nodes_after", "weight_bytes_before", "vs_previous", "status"} <= set(
+        data["passes"][0])
+    text = rep.to_text()
+    assert "eliminate-identity" in text and "bit-exact" in text and "nodes 6 -> 4" in text
+
+
+def test_lossless_pipeline_is_idempotent(mlp):
+    once = onnxopt.optimize(mlp).model
+    twice = onnxopt.optimize(once)
+    assert all(not p.modified for p in twice.report.passes)
+    assert twice.model.SerializeToString() == once.SerializeToString()
+
+
+def test_min_opset_upgrades_before_the_pass():
+    class NeedsOpset13(Pass):
+        name = "needs-13"
+        kind = Kind.EXACT
+        min_opset = 13
+
+        def run(self, graph, context):
+            seen.append(graph.opset)
+            return PassResult(False)
+
+    seen: list[int] = []
+    onnxopt.optimize(make_mlp(opset=11), passes=[NeedsOpset13()])
+    assert seen == [13]
