@@ -1,0 +1,83 @@
+"""Shared benchmark helpers: interleaved timing, medians and ratios, peak RSS, markdown tables.
+
+Machines here are shared and noisy: every comparison runs its candidates interleaved in one process
+(A B A B ...), reports medians of repeated runs and the ratio to the anchor, never a single timing.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable, run round-robin so drift in machine load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ort_latency(models: dict[str, bytes | str], feed: dict[str, np.ndarray], repeat: int = 20,
+                threads: int = 1) -> dict[str, float]:
+    """Median ORT CPU latency (seconds) of several models on one feed, measured interleaved."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for k, m in models.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sessions[k] = ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+    return interleaved_medians({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, repeat=repeat,
+                               warmup=3)
+
+
+def run_measured(cmd: Sequence[str], timeout: float = 1800) -> dict:
+    """Run a command in a subprocess; return its wall seconds, peak RSS (MB), exit code and stdout."""
+    wrapper = (
+        "import json,resource,subprocess,sys,time;t=time.perf_counter();"
+        "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+        "print(json.dumps({'rc':p.returncode,'seconds':time.perf_counter()-t,'rss_mb':r/1024,"
+        "'stdout':p.stdout[-2000:],'stderr':p.stderr[-2000:]}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, timeout=timeout)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def self_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def reproduce_line() -> str:
+    return "reproduce: python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
