@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ class NpzData:
         for s in self.specs:
             try:
                 arr = npz[s.name]
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise BadDataError(f"{self.path}: cannot read array {s.name!r} ({exc})") from None
             rank = None if s.shape is None else len(s.shape)
             if rank is not None and arr.ndim == rank:

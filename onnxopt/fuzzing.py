@@ -1,0 +1,101 @@
+"""Byte-level mutation fuzzing of onnxopt's entry points (used by tests and bench).
+
+Every case must end in success or an :class:`OnnxOptError`; anything else (another exception, a case
+running past its time limit, or an output file left after a failure) is a finding.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxopt.errors import OnnxOptError
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Flip, delete, insert or duplicate a few byte ranges (protobuf-aware fuzzers are not needed:
+    varint lengths and tags get corrupted naturally)."""
+    buf = bytearray(data)
+    for _ in range(rng.choice((1, 1, 2, 4, 16))):
+        if not buf:
+            buf.extend(rng.randbytes(8))
+        pos = rng.randrange(len(buf))
+        op = rng.random()
+        if op < 0.5:
+            buf[pos] = rng.randrange(256)
+        elif op < 0.65:
+            buf[pos] ^= 1 << rng.randrange(8)
+        elif op < 0.8:
+            del buf[pos : pos + rng.randrange(1, 64)]
+        elif op < 0.9:
+            buf[pos:pos] = rng.randbytes(rng.randrange(1, 16))
+        else:
+            end = min(len(buf), pos + rng.randrange(1, 128))
+            buf[pos:pos] = buf[pos:end]
+    return bytes(buf)
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+@dataclass
+class FuzzStats:
+    cases: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"cases": self.cases, "ok": self.ok, "errors": self.errors, "findings": self.findings[:50]}
+
+
+def _on_alarm(signum, frame):  # pragma: no cover - only on a hang
+    raise CaseTimeout()
+
+
+def run_case(target: Callable[[bytes, Path], object], data: bytes, stats: FuzzStats, label: str,
+             time_limit: int = 60) -> None:
+    """Run ``target(data, out_path)`` once, bounded in time; record the outcome in ``stats``."""
+    stats.cases += 1
+    with tempfile.TemporaryDirectory(prefix="onnxopt-fuzz-") as tmp:
+        out = Path(tmp) / "out.onnx"
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(time_limit)
+        try:
+            target(data, out)
+            stats.ok += 1
+        except OnnxOptError as exc:
+            name = type(exc).__name__
+            stats.errors[name] = stats.errors.get(name, 0) + 1
+            if out.exists():
+                stats.findings.append(f"{label}: output left after {name}: {exc}")
+            if not str(exc).strip():
+                stats.findings.append(f"{label}: {name} with an empty message")
+        except CaseTimeout:
+            stats.findings.append(f"{label}: no result within {time_limit}s")
+        except Exception as exc:
+            stats.findings.append(f"{label}: unexpected {type(exc).__name__}: {str(exc)[:300]}")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        leftovers = [p.name for p in Path(tmp).iterdir() if p.name != "out.onnx"]
+        if leftovers:
+            stats.findings.append(f"{label}: stray files {leftovers}")
+
+
+def optimize_bytes(data: bytes, out: Path) -> None:
+    """Fuzz target: the whole default pipeline from model bytes to a written file."""
+    from onnxopt.api import optimize
+
+    src = out.parent / "in.onnx"
+    src.write_bytes(data)
+    try:
+        optimize(src, out)
+    finally:
+        os.unlink(src)
