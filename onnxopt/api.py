@@ -18,6 +18,7 @@ from onnxopt.context import PassContext
 from onnxopt.data import Feed, NpzData, check_shape_overrides, input_specs
 from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.feeds import ValidationSet, build_validation_set, open_runner
+from onnxopt.images import ImageFolderData, ImagePreprocess
 from onnxopt.manager import PassManager
 from onnxopt.model import ModelSource, load, save
 from onnxopt.passes_api import Pass
@@ -52,8 +53,16 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
     return fixed
 
 
+def open_data(path: str | os.PathLike, specs: list, image_preprocess: ImagePreprocess | None
+              ) -> NpzData | ImageFolderData:
+    """An .npz file (GUIDE §5) or a folder of images (with ``image_preprocess``, default: plain [0,1] RGB)."""
+    if Path(os.fspath(path)).is_dir():
+        return ImageFolderData(path, specs, image_preprocess or ImagePreprocess())
+    return NpzData(path, specs)
+
+
 def _split_calibration(
-    calib: NpzData, validation_given: bool
+    calib: NpzData | ImageFolderData, validation_given: bool
 ) -> tuple[list[int], list[int]]:
     """Indices for calibration and held-out validation (every k-th sample held out, at most HELD_OUT_MAX)."""
     n = len(calib)
@@ -82,11 +91,13 @@ def optimize(
     budget: Budget | None = None,
     run_budget: Budget | None = None,
     keep_going: bool = False,
+    image_preprocess: ImagePreprocess | None = None,
     options: dict | None = None,
 ) -> OptimizeResult:
     """Optimize a model with a validated pipeline; write it to ``output`` (atomically) if given.
 
-    ``passes``: pass names or Pass instances (default: the lossless pipeline). The input is never
+    ``passes``: pass names or Pass instances (default: the lossless pipeline). ``calibration`` and
+    ``validation_data`` are .npz files or folders of images (see ``image_preprocess``). The input is never
     modified. Raises an :class:`~onnxopt.errors.OnnxOptError` subclass on any failure, in which case
     nothing is written.
     """
@@ -113,7 +124,7 @@ def optimize(
         model = fix_input_shapes(model, input_shapes)
         specs = input_specs(model)
 
-    calib_data = NpzData(calibration, specs) if calibration is not None else None
+    calib_data = open_data(calibration, specs, image_preprocess) if calibration is not None else None
     cal_idx, held_idx = _split_calibration(calib_data, validation_data is not None) if calib_data else ([], [])
 
     validation: ValidationSet | None = None
@@ -121,7 +132,7 @@ def optimize(
         runner = open_runner(model)
         if validation_data is not None:
             if isinstance(validation_data, (str, os.PathLike)):
-                data = NpzData(validation_data, specs)
+                data = open_data(validation_data, specs, image_preprocess)
                 validation = build_validation_set(model, data=data, data_source=str(validation_data),
                                                   count=max(samples, len(data)), runner=runner)
             else:

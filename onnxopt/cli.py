@@ -49,9 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("inputs and validation")
     g.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="fix a dynamic input's shape (repeatable); the output model keeps it fixed")
-    g.add_argument("--validation-data", metavar="VAL.npz", help="validation samples (.npz, one key per input)")
-    g.add_argument("--calibration", metavar="CALIB.npz",
-                   help="calibration samples; some are held apart for validation when --validation-data is absent")
+    g.add_argument("--validation-data", metavar="VAL.npz|DIR",
+                   help="validation samples: .npz (one key per input) or a folder of images")
+    g.add_argument("--calibration", metavar="CALIB.npz|DIR",
+                   help="calibration samples (.npz or image folder); some are held apart for validation "
+                        "when --validation-data is absent")
+    g.add_argument("--image-size", metavar="H,W", help="image folders: resize to H,W (default: the model's input size)")
+    g.add_argument("--mean", default="0,0,0", help="image folders: per-channel mean after scaling to [0,1]")
+    g.add_argument("--std", default="1,1,1", help="image folders: per-channel std after scaling to [0,1]")
+    g.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC"), help="image folders: input layout")
+    g.add_argument("--bgr", action="store_true", help="image folders: feed channels as BGR")
     g.add_argument("--validate", choices=("each", "end", "off"), default="each",
                    help="validate after each pass (default), only at the end, or not at all")
     g.add_argument("--samples", type=int, default=4, help="synthetic validation samples (default 4)")
@@ -95,6 +102,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _run_optimize(args: argparse.Namespace) -> int:
     from onnxopt.api import optimize
     from onnxopt.data import parse_input_shapes
+    from onnxopt.images import ImagePreprocess, parse_floats, parse_size
     from onnxopt.model import write_bytes_atomic
     from onnxopt.progress import Progress
     from onnxopt.validate import Budget, Tolerance
@@ -106,6 +114,11 @@ def _run_optimize(args: argparse.Namespace) -> int:
     if Path(args.input).resolve() == Path(args.output).resolve():
         log.info("output replaces the input; it is written atomically once everything succeeded")
     budget = Budget(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr, min_top1=args.min_top1)
+    image_preprocess = ImagePreprocess(
+        size=parse_size(args.image_size) if args.image_size else None,
+        mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"),
+        layout=args.layout, bgr=args.bgr,
+    )
     report = None
     try:
         result = optimize(
@@ -113,6 +126,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
             validation_data=args.validation_data, calibration=args.calibration, validate=args.validate,
             samples=args.samples, seed=args.seed, int_high=args.int_range,
             tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget=budget, keep_going=args.keep_going,
+            image_preprocess=image_preprocess,
         )
         report = result.report
     except OnnxOptError as exc:

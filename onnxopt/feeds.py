@@ -62,7 +62,7 @@ def build_validation_set(
     model: onnx.ModelProto,
     *,
     shapes: dict[str, tuple[int, ...]] | None = None,
-    data: NpzData | Sequence[Feed] | None = None,
+    data: NpzData | Sequence[Feed] | None = None,  # or anything with __len__ and subset(indices)
     data_source: str = "",
     count: int = 4,
     seed: int = 0,
@@ -73,7 +73,7 @@ def build_validation_set(
     runner = runner or open_runner(model)
     specs = input_specs(model)
     if data is not None:
-        feeds = list(data) if not isinstance(data, NpzData) else data.subset(range(min(count, len(data))))
+        feeds = data.subset(range(min(count, len(data)))) if hasattr(data, "subset") else list(data)
         try:
             reference = runner.run_all(feeds)
         except Exception as exc:
