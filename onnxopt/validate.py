@@ -33,7 +33,7 @@ class OrtRunner:
         from onnxopt.model import needs_external_data, save
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors surface as exceptions we report; no C++ log noise
         if threads:
             opts.intra_op_num_threads = threads
         if not optimize:
