@@ -20,7 +20,7 @@ from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.feeds import ValidationSet, build_validation_set, open_runner
 from onnxopt.images import ImageFolderData, ImagePreprocess
 from onnxopt.manager import PassManager
-from onnxopt.model import ModelSource, load, save
+from onnxopt.model import ModelSource, load, save, write_bytes_atomic
 from onnxopt.passes_api import Pass
 from onnxopt.registry import make_pipeline
 from onnxopt.report import RunReport
@@ -92,12 +92,14 @@ def optimize(
     run_budget: Budget | None = None,
     keep_going: bool = False,
     image_preprocess: ImagePreprocess | None = None,
+    pack: bool = False,
     options: dict | None = None,
 ) -> OptimizeResult:
     """Optimize a model with a validated pipeline; write it to ``output`` (atomically) if given.
 
     ``passes``: pass names or Pass instances (default: the lossless pipeline). ``calibration`` and
-    ``validation_data`` are .npz files or folders of images (see ``image_preprocess``). The input is never
+    ``validation_data`` are .npz files or folders of images (see ``image_preprocess``). ``pack`` writes a
+    packed model (lossless entropy-coded weights; ``onnxopt.load`` reads it back). The input is never
     modified. Raises an :class:`~onnxopt.errors.OnnxOptError` subclass on any failure, in which case
     nothing is written.
     """
@@ -175,8 +177,16 @@ def optimize(
         report.seconds = time.perf_counter() - start
         exc.report = report  # type: ignore[attr-defined]
         raise
-    if output is not None:
+    if pack:
+        from onnxopt.packing import pack_model
+
+        packed = pack_model(result_model)
+        report.extra["pack"] = packed.to_dict()
+        if output is not None:
+            write_bytes_atomic(output, packed.data)
+    elif output is not None:
         save(result_model, output)
+    if output is not None:
         report.file_bytes_after = Path(os.fspath(output)).stat().st_size
     report.seconds = time.perf_counter() - start
     return OptimizeResult(result_model, report)

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("pipeline")
     g.add_argument("--passes", help="comma-separated passes to run instead of the default lossless pipeline")
     g.add_argument("--list-passes", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--quantize", choices=("int8",), help="quantize (QDQ, calibrated with --calibration)")
+    g.add_argument("--calibrate-method", choices=("minmax", "percentile", "entropy", "mse"),
+                   help="activation range calibration for --quantize (default: the pass's own)")
+    g.add_argument("--prune", type=float, metavar="R", help="remove fraction R of the channels (0 < R < 1)")
+    g.add_argument("--pack", action="store_true", help="write a packed model (lossless entropy-coded weights)")
     g = p.add_argument_group("inputs and validation")
     g.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="fix a dynamic input's shape (repeatable); the output model keeps it fixed")
@@ -99,6 +104,26 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+def pipeline_from_args(args: argparse.Namespace) -> list:
+    """--passes as given, else the default lossless pipeline followed by --prune and --quantize."""
+    from onnxopt.registry import default_pipeline, make_pass
+
+    if args.passes is not None:
+        names = [s.strip() for s in args.passes.split(",") if s.strip()]
+        if not names:
+            raise UsageError("--passes is empty")
+        return [make_pass(n) for n in names]
+    pipeline: list = [make_pass(n) for n in default_pipeline()]
+    if args.prune is not None:
+        if not 0.0 < args.prune < 1.0:
+            raise UsageError(f"--prune takes a fraction between 0 and 1, got {args.prune}")
+        pipeline.append(make_pass("prune-channels", ratio=args.prune))
+    if args.quantize:
+        opts = {"method": args.calibrate_method} if args.calibrate_method else {}
+        pipeline.append(make_pass("quantize-int8", **opts))
+    return pipeline
+
+
 def _run_optimize(args: argparse.Namespace) -> int:
     from onnxopt.api import optimize
     from onnxopt.data import parse_input_shapes
@@ -108,9 +133,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from onnxopt.validate import Budget, Tolerance
 
     Progress.enabled_default = not args.quiet
-    passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes is not None else None
-    if passes is not None and not passes:
-        raise UsageError("--passes is empty")
+    passes = pipeline_from_args(args)
     if Path(args.input).resolve() == Path(args.output).resolve():
         log.info("output replaces the input; it is written atomically once everything succeeded")
     budget = Budget(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr, min_top1=args.min_top1)
@@ -126,7 +149,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
             validation_data=args.validation_data, calibration=args.calibration, validate=args.validate,
             samples=args.samples, seed=args.seed, int_high=args.int_range,
             tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget=budget, keep_going=args.keep_going,
-            image_preprocess=image_preprocess,
+            image_preprocess=image_preprocess, pack=args.pack,
         )
         report = result.report
     except OnnxOptError as exc:
