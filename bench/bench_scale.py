@@ -24,8 +24,8 @@ from common import markdown_table, reproduce_line, run_measured
 
 STAGES = {
     "default (validate each)": [],
-    "default, --validate end": ["--validate", "end"],
-    "default, --validate off": ["--validate", "off"],
+    "default --validate end": ["--validate", "end"],
+    "default --validate off": ["--validate", "off"],
     "pack": ["--pack", "--validate", "off"],
 }
 

@@ -110,7 +110,7 @@ def candidate_shapes(
                     shape[axis] = 1
                     variants.append({**base, s.name: tuple(shape)})
         for v in variants:
-            key = tuple(sorted(v.items()))
+            key = tuple(v.values())  # same input order every time
             if key not in seen:
                 seen.add(key)
                 yield v

@@ -25,6 +25,7 @@ from onnxopt.model import (
     check_model,
     default_opset,
     node_count,
+    quiet_graphsurgeon,
     to_graph,
     to_model,
     upgrade_opset,
@@ -168,12 +169,14 @@ class PassManager:
         if p.min_opset and graph.opset < p.min_opset:
             graph.opset = p.min_opset
         context.model = base
-        result = p.run(graph, context)
+        with quiet_graphsurgeon():
+            result = p.run(graph, context)
         if not isinstance(result, PassResult):
             raise PassError(f"pass {p.name!r} returned {type(result).__name__}, not PassResult")
         if not result.modified:
             return None, result
-        graph.toposort(recurse_subgraphs=True)
+        with quiet_graphsurgeon():
+            graph.toposort(recurse_subgraphs=True)
         candidate = to_model(graph, like=base)
         check_model(candidate, f"model after pass {p.name!r}")
         return candidate, result

@@ -311,10 +311,24 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
 _MODEL_FIELDS_KEPT = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
 
 
+@contextlib.contextmanager
+def quiet_graphsurgeon() -> Iterator[None]:
+    """Silence graphsurgeon's own logger (it prints warnings to stdout); problems surface as exceptions."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    old = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = old
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import a model into graphsurgeon (the in-memory graph every pass edits)."""
     try:
-        return gs.import_onnx(model)
+        with quiet_graphsurgeon():
+            return gs.import_onnx(model)
     except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
         raise BadModelError(f"cannot import model into onnx-graphsurgeon: {exc}") from None
 
@@ -322,7 +336,8 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` to a ModelProto that keeps ``like``'s IR version, opsets and metadata."""
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
+        with quiet_graphsurgeon():
+            model = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
         raise PassError(f"cannot export graph from onnx-graphsurgeon: {exc}") from None
     model.ir_version = like.ir_version
