@@ -1,18 +1,34 @@
-"""Packed model files: lossless entropy-coded weights that unpack bit-exactly (see format.py)."""
+"""Packed model files: lossless entropy-coded weights that unpack bit-exactly (see format.py).
+
+Public API::
+
+    pack_model(model, codecs=None) -> PackResult      # .data bytes, .tensors reports, .to_dict()
+    unpack_model(data, source)     -> onnx.ModelProto  # bit-exact; BadModelError on any bad input
+    is_packed(data)                -> bool
+    ort_session(path_or_bytes, **kwargs) -> onnxruntime.InferenceSession   # no temporary file
+"""
 
 from __future__ import annotations
 
-import onnx
+from onnxopt.packing.codecs import CODEC_NAMES, PackOptions
+from onnxopt.packing.format import MAGIC, Limits
+from onnxopt.packing.pack import PackResult, TensorReport, pack_model, unpack_model
+from onnxopt.packing.session import ort_session
 
-MAGIC = b"ONNXOPTPK"
+__all__ = [
+    "CODEC_NAMES",
+    "MAGIC",
+    "Limits",
+    "PackOptions",
+    "PackResult",
+    "TensorReport",
+    "is_packed",
+    "ort_session",
+    "pack_model",
+    "unpack_model",
+]
 
 
 def is_packed(data: bytes) -> bool:
     """True when ``data`` starts with the packed-file magic header."""
-    return data[: len(MAGIC)] == MAGIC
-
-
-def unpack_model(data: bytes, source: str = "packed file") -> onnx.ModelProto:
-    from onnxopt.errors import BadModelError
-
-    raise BadModelError(f"{source}: packed files are not supported yet")
+    return bytes(data[: len(MAGIC)]) == MAGIC

@@ -1,0 +1,262 @@
+"""The packed container: byte layout, bounds-checked reading, and the limits checked before allocating.
+
+Layout (all integers little-endian)::
+
+    magic      b"ONNXOPTPK"                      9 bytes
+    version    u8                                FORMAT_VERSION
+    header     struct HEADER (see below)         fixed size, ends with a CRC32 of everything before it
+    skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib or LZMA)
+    index      zlib-compressed list of tensor records, one per walked TensorProto (see pack.py)
+    payloads   the per-tensor coded payloads, concatenated in record order (see codecs.py)
+    rANS words u16 words of every rANS stream, in the batch decoder's read order (see lanes.py)
+    Huffman    u32 words of every Huffman stream, likewise; the file ends exactly here
+
+Every count and length read from a file is checked against the bytes that are actually there and
+against :data:`LIMITS` before anything is allocated; any violation raises :class:`CorruptPackError`,
+which ``unpack_model`` turns into a one-line :class:`~onnxopt.errors.BadModelError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"ONNXOPTPK"
+FORMAT_VERSION = 1
+
+#: flags u8, records u32, skeleton (codec u8, raw u64, packed u64, crc u32),
+#: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64
+HEADER = struct.Struct("<BIBQQIQQIQQQ")
+HEADER_CRC = struct.Struct("<I")
+PREFIX_SIZE = len(MAGIC) + 1 + HEADER.size + HEADER_CRC.size
+
+SKELETON_ZLIB = 1
+SKELETON_LZMA = 2
+
+
+class CorruptPackError(ValueError):
+    """A packed file is malformed, truncated, tampered with or exceeds a limit (message says which)."""
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 36
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sanity limits for reading; anything above them is refused before allocating."""
+
+    max_total_bytes: int = min(1 << 40, _physical_memory())  # all decoded tensors together
+    max_tensor_bytes: int = 1 << 40
+    max_skeleton_bytes: int = (1 << 31) - 1  # protobuf's own limit
+    max_index_bytes: int = 1 << 30
+    max_records: int = 1 << 24
+    max_dims: int = 64
+    max_lanes: int = 1 << 22
+
+
+LIMITS = Limits()
+
+
+# --------------------------------------------------------------------------- varints
+
+
+def write_uvarint(out: bytearray, value: int) -> None:
+    if value < 0:
+        raise ValueError("uvarint must be >= 0")
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def zigzag(value: int) -> int:
+    return value * 2 if value >= 0 else -value * 2 - 1
+
+
+def unzigzag(value: int) -> int:
+    return value >> 1 if not value & 1 else -((value + 1) >> 1)
+
+
+class Reader:
+    """Bounds-checked sequential reader over a bytes-like object; every overrun is a CorruptPackError."""
+
+    __slots__ = ("buf", "end", "pos", "what")
+
+    def __init__(self, buf: bytes | memoryview, what: str, pos: int = 0, end: int | None = None) -> None:
+        self.buf = memoryview(buf)
+        self.pos = pos
+        self.end = len(self.buf) if end is None else end
+        self.what = what
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def need(self, n: int) -> None:
+        if n < 0 or n > self.end - self.pos:
+            raise CorruptPackError(
+                f"{self.what}: truncated (needs {n} more bytes at offset {self.pos}, has {self.end - self.pos})"
+            )
+
+    def take(self, n: int) -> memoryview:
+        self.need(n)
+        view = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def u8(self) -> int:
+        self.need(1)
+        value = self.buf[self.pos]
+        self.pos += 1
+        return value
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "little")
+
+    def uvarint(self, limit: int = 1 << 63) -> int:
+        result = 0
+        shift = 0
+        while True:
+            byte = self.u8()
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise CorruptPackError(f"{self.what}: varint too long at offset {self.pos}")
+        if result > limit:
+            raise CorruptPackError(f"{self.what}: value {result} exceeds the limit {limit}")
+        return result
+
+    def svarint(self) -> int:
+        return unzigzag(self.uvarint())
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise CorruptPackError(f"{self.what}: {self.end - self.pos} unexpected trailing bytes")
+
+
+# --------------------------------------------------------------------------- header
+
+
+@dataclass
+class Header:
+    records: int
+    skeleton_codec: int
+    skeleton_raw: int
+    skeleton_packed: int
+    skeleton_crc: int
+    index_raw: int
+    index_packed: int
+    index_crc: int
+    payload_bytes: int
+    rans_words: int = 0
+    huffman_words: int = 0
+    flags: int = 0
+
+    @property
+    def words_bytes(self) -> int:
+        return 2 * self.rans_words + 4 * self.huffman_words
+
+    def pack(self) -> bytes:
+        body = MAGIC + bytes([FORMAT_VERSION]) + HEADER.pack(
+            self.flags,
+            self.records,
+            self.skeleton_codec,
+            self.skeleton_raw,
+            self.skeleton_packed,
+            self.skeleton_crc,
+            self.index_raw,
+            self.index_packed,
+            self.index_crc,
+            self.payload_bytes,
+            self.rans_words,
+            self.huffman_words,
+        )
+        return body + HEADER_CRC.pack(zlib.crc32(body))
+
+
+def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
+    """Parse and check the fixed header; the three sections must exactly fill the rest of the file."""
+    if len(data) < len(MAGIC) or bytes(data[: len(MAGIC)]) != MAGIC:
+        raise CorruptPackError("not a packed model (bad magic)")
+    if len(data) < len(MAGIC) + 1:
+        raise CorruptPackError("truncated before the format version")
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise CorruptPackError(
+            f"format version {version} is not supported (this onnxopt reads version {FORMAT_VERSION})"
+        )
+    if len(data) < PREFIX_SIZE:
+        raise CorruptPackError(f"truncated header ({len(data)} bytes, the header alone is {PREFIX_SIZE})")
+    body = bytes(data[: PREFIX_SIZE - HEADER_CRC.size])
+    (crc,) = HEADER_CRC.unpack_from(data, PREFIX_SIZE - HEADER_CRC.size)
+    if zlib.crc32(body) != crc:
+        raise CorruptPackError("header checksum mismatch")
+    fields = HEADER.unpack_from(data, len(MAGIC) + 1)
+    head = Header(
+        flags=fields[0],
+        records=fields[1],
+        skeleton_codec=fields[2],
+        skeleton_raw=fields[3],
+        skeleton_packed=fields[4],
+        skeleton_crc=fields[5],
+        index_raw=fields[6],
+        index_packed=fields[7],
+        index_crc=fields[8],
+        payload_bytes=fields[9],
+        rans_words=fields[10],
+        huffman_words=fields[11],
+    )
+    if head.flags != 0:
+        raise CorruptPackError(f"unknown header flags {head.flags:#x}")
+    if head.skeleton_codec not in (SKELETON_ZLIB, SKELETON_LZMA):
+        raise CorruptPackError(f"unknown skeleton codec {head.skeleton_codec}")
+    if head.records > limits.max_records:
+        raise CorruptPackError(f"header declares {head.records} tensor records (limit {limits.max_records})")
+    if head.skeleton_raw > limits.max_skeleton_bytes:
+        raise CorruptPackError(f"header declares a {head.skeleton_raw}-byte model skeleton (too large)")
+    if head.index_raw > limits.max_index_bytes:
+        raise CorruptPackError(f"header declares a {head.index_raw}-byte tensor index (too large)")
+    body_len = len(data) - PREFIX_SIZE
+    declared = head.skeleton_packed + head.index_packed + head.payload_bytes + head.words_bytes
+    if declared != body_len:
+        what = "truncated" if declared > body_len else "has trailing bytes"
+        raise CorruptPackError(f"file {what}: header declares {declared} bytes of sections, file has {body_len}")
+    return head
+
+
+# --------------------------------------------------------------------------- symbol sets (coder tables)
+
+
+def write_symbol_set(out: bytearray, present: list[int]) -> None:
+    """Which of the 256 byte values occur: count-1, then a list (<= 32 symbols) or a 32-byte bitmap."""
+    out.append(len(present) - 1)
+    if len(present) <= 32:
+        out += bytes(present)
+    else:
+        bitmap = bytearray(32)
+        for s in present:
+            bitmap[s >> 3] |= 1 << (s & 7)
+        out += bitmap
+
+
+def read_symbol_set(reader: Reader) -> list[int]:
+    count = reader.u8() + 1
+    if count <= 32:
+        present = list(reader.take(count))
+        if any(b <= a for a, b in itertools.pairwise(present)):
+            raise CorruptPackError(f"{reader.what}: symbol list is not strictly increasing")
+        return present
+    bitmap = reader.take(32)
+    present = [i * 8 + b for i in range(32) for b in range(8) if bitmap[i] >> b & 1]
+    if len(present) != count:
+        raise CorruptPackError(f"{reader.what}: symbol bitmap holds {len(present)} symbols, header says {count}")
+    return present

@@ -1,0 +1,391 @@
+"""pack_model / unpack_model: a ModelProto to a packed file and back, bit-exactly.
+
+The index (zlib-compressed) holds one record per walked TensorProto::
+
+    u8 kind (payload.Kind; NONE = nothing moved, the record ends here)
+    uvarint data_type | uvarint ndims | zigzag-varint dims...   (checked against the skeleton)
+    u8 store (integer storage type, for int fields) | u8 codec (codecs.Codec)
+    uvarint raw_len (decoded payload bytes) | uvarint packed_len (bytes in the payload section)
+    u32 crc32 of the decoded payload
+
+After the payload section come the shared word sections of the lockstep coders: all rANS words
+(u16) then all Huffman words (u32), each in the order the batch decoder reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import lzma
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxopt.packing import huffman, rans
+from onnxopt.packing.codecs import Codec, Coded, PackOptions, Parsed, choose, parse_payload
+from onnxopt.packing.entropy import byte_bound_bytes, plane_bound_bytes
+from onnxopt.packing.format import (
+    LIMITS,
+    PREFIX_SIZE,
+    SKELETON_LZMA,
+    SKELETON_ZLIB,
+    CorruptPackError,
+    Header,
+    Limits,
+    Reader,
+    read_header,
+    write_uvarint,
+    zigzag,
+)
+from onnxopt.packing.lanes import interleave_words, out_extent
+from onnxopt.packing.payload import (
+    STORE_TYPES,
+    Kind,
+    dtype_name,
+    field_is_empty,
+    restore_payload,
+    take_payload,
+    walk_tensors,
+)
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class TensorReport:
+    """What happened to one tensor: sizes, the order-0 bounds and the codec chosen."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    raw_bytes: int
+    packed_bytes: int
+    entropy_bound_bytes: float  # order-0 entropy of the byte planes (the symbols our coders see)
+    byte_entropy_bound_bytes: float  # order-0 entropy of the plain bytes
+    codec: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PackResult:
+    """A packed file and its report."""
+
+    data: bytes
+    tensors: list[TensorReport] = field(default_factory=list)
+    skeleton_bytes: int = 0  # compressed model structure
+    index_bytes: int = 0  # compressed tensor records
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(t.raw_bytes for t in self.tensors)
+
+    @property
+    def packed_bytes(self) -> int:
+        return sum(t.packed_bytes for t in self.tensors)
+
+    @property
+    def entropy_bound_bytes(self) -> float:
+        return sum(t.entropy_bound_bytes for t in self.tensors)
+
+    @property
+    def byte_entropy_bound_bytes(self) -> float:
+        return sum(t.byte_entropy_bound_bytes for t in self.tensors)
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.data)
+
+    def to_dict(self) -> dict:
+        return {
+            "file_bytes": self.file_bytes,
+            "skeleton_bytes": self.skeleton_bytes,
+            "index_bytes": self.index_bytes,
+            "raw_bytes": self.raw_bytes,
+            "packed_bytes": self.packed_bytes,
+            "entropy_bound_bytes": round(self.entropy_bound_bytes, 1),
+            "byte_entropy_bound_bytes": round(self.byte_entropy_bound_bytes, 1),
+            "ratio": round(self.packed_bytes / self.raw_bytes, 5) if self.raw_bytes else None,
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_model(
+    model: onnx.ModelProto, *, codecs: Sequence[str] | None = None, options: PackOptions | None = None
+) -> PackResult:
+    """Pack ``model`` (weights loaded in memory) into the packed format; ``model`` is not modified.
+
+    ``codecs`` limits the codecs tried (names from :data:`codecs.CODEC_NAMES`; raw is always the
+    fallback). Raises :class:`onnxopt.errors.BadModelError` for tensors whose data is still external.
+    """
+    from onnxopt.errors import BadModelError, UsageError
+
+    if options is None:
+        try:
+            options = PackOptions.from_codecs(codecs)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    index = bytearray()
+    payloads: list[bytes] = []
+    rans_streams = []
+    huff_streams = []
+    reports: list[TensorReport] = []
+    seen: dict[bytes, int] = {}
+    tensors = list(walk_tensors(skeleton))
+    for i, t in enumerate(tensors):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise BadModelError(
+                f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first"
+            )
+        taken = take_payload(t)
+        if taken is None:
+            index.append(Kind.NONE)
+            continue
+        key = hashlib.blake2b(taken.data, digest_size=20, person=bytes([taken.kind, taken.store])).digest()
+        ref = seen.get(key)
+        if ref is not None and len(taken.data) > 16:
+            ref_payload = bytearray()
+            write_uvarint(ref_payload, ref)
+            coded = Coded(Codec.REF, bytes(ref_payload), label=f"ref[{tensors[ref].name}]")
+        else:
+            seen.setdefault(key, i)
+            coded = choose(taken.data, taken.itemsize, options)
+        rans_streams += coded.rans
+        huff_streams += coded.huffman
+        payloads.append(coded.payload)
+        _write_record(index, t, taken.kind, taken.store, coded, taken.data)
+        reports.append(
+            TensorReport(
+                name=t.name,
+                dtype=dtype_name(t.data_type),
+                shape=list(t.dims),
+                raw_bytes=len(taken.data),
+                packed_bytes=coded.size,
+                entropy_bound_bytes=plane_bound_bytes(taken.data, taken.itemsize),
+                byte_entropy_bound_bytes=byte_bound_bytes(taken.data),
+                codec=coded.label,
+            )
+        )
+    skeleton_raw = skeleton.SerializeToString()
+    skel_zlib = zlib.compress(skeleton_raw, 9)
+    skel_lzma = lzma.compress(skeleton_raw, format=lzma.FORMAT_ALONE, preset=9)
+    skel_codec, skel = (SKELETON_LZMA, skel_lzma) if len(skel_lzma) < len(skel_zlib) else (SKELETON_ZLIB, skel_zlib)
+    index_packed = zlib.compress(bytes(index), 9)
+    rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
+    huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
+    body = b"".join(payloads)
+    header = Header(
+        records=len(tensors),
+        skeleton_codec=skel_codec,
+        skeleton_raw=len(skeleton_raw),
+        skeleton_packed=len(skel),
+        skeleton_crc=zlib.crc32(skeleton_raw),
+        index_raw=len(index),
+        index_packed=len(index_packed),
+        index_crc=zlib.crc32(index),
+        payload_bytes=len(body),
+        rans_words=len(rans_words) // 2,
+        huffman_words=len(huff_words) // 4,
+    )
+    data = b"".join([header.pack(), skel, index_packed, body, rans_words, huff_words])
+    result = PackResult(data=data, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed))
+    log.info(
+        "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
+        len(reports),
+        result.raw_bytes,
+        result.packed_bytes,
+        result.entropy_bound_bytes,
+        result.file_bytes,
+    )
+    return result
+
+
+def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw: bytes) -> None:
+    index.append(kind)
+    write_uvarint(index, t.data_type)
+    write_uvarint(index, len(t.dims))
+    for d in t.dims:
+        write_uvarint(index, zigzag(int(d)))
+    index.append(store)
+    index.append(coded.codec)
+    write_uvarint(index, len(raw))
+    write_uvarint(index, len(coded.payload))
+    index += zlib.crc32(raw).to_bytes(4, "little")
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+@dataclass
+class _Record:
+    kind: Kind
+    data_type: int = 0
+    dims: tuple[int, ...] = ()
+    store: int = 0
+    codec: int = 0
+    raw_len: int = 0
+    packed_len: int = 0
+    crc: int = 0
+
+
+def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
+    try:
+        if codec == SKELETON_ZLIB:
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(packed, raw_len)
+            if not inflater.eof:
+                out += inflater.decompress(inflater.unconsumed_tail, 1)
+            ok = inflater.eof and not inflater.unused_data
+        else:
+            lz = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+            out = lz.decompress(packed, raw_len)
+            if not lz.eof:
+                out += lz.decompress(b"", 1)
+            ok = lz.eof and not lz.unused_data
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise CorruptPackError(f"{what} is corrupt ({exc})") from None
+    if not ok or len(out) != raw_len:
+        raise CorruptPackError(f"{what} does not decompress to the declared {raw_len} bytes")
+    return out
+
+
+def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
+    r = Reader(raw, "tensor index")
+    records = []
+    for _ in range(count):
+        try:
+            kind = Kind(r.u8())
+        except ValueError:
+            raise CorruptPackError(f"tensor index: unknown payload kind in record {len(records)}") from None
+        if kind is Kind.NONE:
+            records.append(_Record(kind))
+            continue
+        data_type = r.uvarint(1 << 16)
+        ndims = r.uvarint(limits.max_dims)
+        dims = tuple(r.svarint() for _ in range(ndims))
+        store = r.u8()
+        if store >= len(STORE_TYPES):
+            raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
+        codec = r.u8()
+        raw_len = r.uvarint(limits.max_tensor_bytes)
+        packed_len = r.uvarint()
+        crc = r.u32()
+        records.append(_Record(kind, data_type, dims, store, codec, raw_len, packed_len, crc))
+    r.done()
+    return records
+
+
+def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = LIMITS) -> onnx.ModelProto:
+    """Restore the exact ModelProto from a packed file's bytes.
+
+    Any malformed, truncated, tampered or oversized input raises :class:`onnxopt.errors.BadModelError`
+    with a one-line message naming ``source``; no other exception escapes for bad input.
+    """
+    from onnxopt.errors import BadModelError
+
+    try:
+        return _unpack(memoryview(data), limits)
+    except CorruptPackError as exc:
+        raise BadModelError(f"{source}: corrupt packed file: {exc}") from None
+    except MemoryError:
+        raise BadModelError(f"{source}: corrupt packed file: declared sizes do not fit in memory") from None
+    except (ValueError, TypeError, IndexError, OverflowError, KeyError, DecodeError) as exc:
+        log.debug("unpack failed", exc_info=True)
+        raise BadModelError(f"{source}: corrupt packed file ({type(exc).__name__}: {exc})") from None
+
+
+def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
+    head = read_header(data, limits)
+    r = Reader(data, "packed file", pos=PREFIX_SIZE)
+    skeleton_raw = _inflate(head.skeleton_codec, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
+    if zlib.crc32(skeleton_raw) != head.skeleton_crc:
+        raise CorruptPackError("model skeleton checksum mismatch")
+    index_raw = _inflate(SKELETON_ZLIB, r.take(head.index_packed), head.index_raw, "tensor index")
+    if zlib.crc32(index_raw) != head.index_crc:
+        raise CorruptPackError("tensor index checksum mismatch")
+    records = _read_index(index_raw, head.records, limits)
+    if sum(rec.packed_len for rec in records) != head.payload_bytes:
+        raise CorruptPackError("tensor records do not add up to the payload section")
+    total = sum(rec.raw_len for rec in records)
+    if total > limits.max_total_bytes:
+        raise CorruptPackError(f"declares {total} bytes of tensor data (limit {limits.max_total_bytes})")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(skeleton_raw)
+    except DecodeError as exc:
+        raise CorruptPackError(f"model skeleton is not a ModelProto ({exc})") from None
+    tensors = list(walk_tensors(model))
+    if len(tensors) != len(records):
+        raise CorruptPackError(f"index has {len(records)} records but the model has {len(tensors)} tensors")
+    # parse every payload (LZ codecs inflate here), lay out the output buffer
+    parsed: list[Parsed | None] = []
+    offsets: list[int] = []
+    extent = 0
+    for i, (rec, t) in enumerate(zip(records, tensors)):
+        if rec.kind is Kind.NONE:
+            parsed.append(None)
+            offsets.append(-1)
+            continue
+        what = f"tensor {t.name!r}"
+        if t.data_type != rec.data_type or tuple(t.dims) != rec.dims:
+            raise CorruptPackError(f"{what}: record does not match the model (dtype or shape)")
+        if not field_is_empty(t, rec.kind):
+            raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
+        p = parse_payload(rec.codec, r.take(rec.packed_len), rec.raw_len, what, limits)
+        if p.ref >= 0 and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
+            raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
+        parsed.append(p)
+        offsets.append(extent)
+        for s in p.rans + p.huffman:
+            s.dest += extent
+        extent += p.extent
+    if extent > limits.max_total_bytes + (1 << 24):
+        raise CorruptPackError(f"needs a {extent}-byte buffer (limit {limits.max_total_bytes})")
+    rans_streams = [s for p in parsed if p for s in p.rans]
+    huff_streams = [s for p in parsed if p for s in p.huffman]
+    if sum(s.nwords for s in rans_streams) != head.rans_words:
+        raise CorruptPackError("rANS streams do not add up to the rANS word section")
+    if sum(s.nwords for s in huff_streams) != head.huffman_words:
+        raise CorruptPackError("Huffman streams do not add up to the Huffman word section")
+    rans_words = np.frombuffer(r.take(2 * head.rans_words), dtype="<u2")
+    huff_words = np.frombuffer(r.take(4 * head.huffman_words), dtype="<u4")
+    r.done()
+    out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
+    for rec, p, off in zip(records, parsed, offsets):
+        if p is None or not p.fills:
+            continue
+        grid = out[off : off + rec.raw_len].reshape(-1, p.itemsize)
+        for plane, fill in p.fills:
+            grid[:, plane] = fill
+    if not rans.decode_batch(rans_streams, rans_words, out):
+        raise CorruptPackError("rANS data is inconsistent (corrupt word section or stream headers)")
+    if not huffman.decode_batch(huff_streams, huff_words, out):
+        raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
+    decoded: list[bytes | None] = []
+    for rec, p, off, t in zip(records, parsed, offsets, tensors):
+        if p is None:
+            decoded.append(None)
+            continue
+        if p.ref >= 0:
+            payload = decoded[p.ref]
+        elif p.data is not None:
+            payload = p.data
+        else:
+            payload = out[off : off + rec.raw_len].tobytes()
+        decoded.append(payload)
+        if zlib.crc32(payload) != rec.crc:
+            raise CorruptPackError(f"tensor {t.name!r}: checksum mismatch after decoding")
+        try:
+            restore_payload(t, rec.kind, rec.store, payload)
+        except (ValueError, TypeError) as exc:
+            raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
+    return model

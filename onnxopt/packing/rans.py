@@ -1,0 +1,192 @@
+"""Interleaved rANS (range asymmetric numeral systems), order-0, over byte symbols; numpy-vectorized.
+
+rANS spends ``-log2(p)`` bits per symbol up to the 12-bit quantization of the probabilities, so unlike
+Huffman it goes far below 1 bit per symbol when one value dominates (sparse or pruned tensors) and
+sits within a fraction of a percent of the order-0 entropy on ordinary planes.
+
+Parameters: 12-bit probabilities (``M = 4096``), 32-bit states kept in ``[2**16, 2**32)``, 16-bit
+renormalization words, so a lane reads at most one word per symbol. The stream is split into lanes
+(see :mod:`onnxopt.packing.lanes`); the encoder runs the lanes' steps backwards and stores the words
+in the order the decoder reads them.
+
+Payload::
+
+    uvarint lanes | symbol set | uvarint freq per symbol but the last (the last is M - sum)
+    | lanes x u32 initial decoder states | uvarint number of words
+
+The 16-bit words themselves live in the file's shared rANS word section (see lanes.py).
+
+The decoder checks at the end that every lane returned to the encoder's start state and that every
+word was read exactly once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.packing.format import CorruptPackError, Reader, read_symbol_set, write_symbol_set, write_uvarint
+from onnxopt.packing.lanes import EncodedStream, LaneBatch, LaneStream
+
+PRECISION = 12
+M = 1 << PRECISION
+LOW = 1 << 16  # lower bound of a normalized state
+STATE_BYTES = 4
+
+
+def quantize(hist: np.ndarray) -> np.ndarray:
+    """Frequencies summing to ``M`` (each present symbol >= 1) close to ``hist``'s, by greedy cost."""
+    hist = hist.astype(np.int64)
+    present = hist > 0
+    total = int(hist.sum())
+    freqs = np.where(present, np.maximum(1, (hist * M) // max(total, 1)), 0).astype(np.int64)
+    diff = M - int(freqs.sum())
+    weights = hist.astype(np.float64)
+    safe = np.maximum(freqs, 1).astype(np.float64)
+    while diff != 0:
+        safe[:] = np.maximum(freqs, 1)
+        if diff > 0:  # give a slot to the symbol that gains most bits
+            gain = np.where(present, weights * np.log2((safe + 1) / safe), -1.0)
+            k = min(diff, max(1, int(present.sum())))
+            pick = np.argpartition(-gain, k - 1)[:k]
+            freqs[pick] += 1
+            diff -= k
+        else:  # take a slot from the symbol that loses least
+            loss = np.where(freqs > 1, weights * np.log2(safe / np.maximum(safe - 1, 1)), np.inf)
+            k = min(-diff, int((freqs > 1).sum()))
+            pick = np.argpartition(loss, k - 1)[:k]
+            freqs[pick] -= 1
+            diff += k
+    return freqs
+
+
+def coded_bits(hist: np.ndarray, freqs: np.ndarray) -> float:
+    """Bits the symbols cost under ``freqs`` (excluding tables, states and word rounding)."""
+    mask = hist > 0
+    return float(-(hist[mask] * np.log2(freqs[mask] / M)).sum())
+
+
+def table_bytes(freqs: np.ndarray) -> int:
+    present = np.flatnonzero(freqs)
+    head = 1 + (present.size if present.size <= 32 else 32)
+    return head + int(sum(1 if f < 128 else 2 for f in freqs[present[:-1]]))
+
+
+def estimate_bytes(hist: np.ndarray, lanes: int) -> tuple[float, np.ndarray]:
+    """Approximate payload size for ``lanes`` lanes, and the quantized frequencies used."""
+    freqs = quantize(hist)
+    return coded_bits(hist, freqs) / 8 + table_bytes(freqs) + 3 * lanes + 3, freqs
+
+
+def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> EncodedStream:
+    """rANS-code a uint8 plane holding at least two distinct values, in ``lanes`` lanes."""
+    n = plane.size
+    if freqs is None:
+        freqs = quantize(np.bincount(plane, minlength=256))
+    lanes = max(1, min(lanes, n))
+    steps = -(-n // lanes)
+    pad = steps * lanes - n
+    symbols = plane if not pad else np.concatenate([plane, np.full(pad, int(np.argmax(freqs)), np.uint8)])
+    grid = symbols.reshape(steps, lanes)  # grid[t, j]: step t of lane j
+    freq32 = freqs.astype(np.uint32)
+    cum32 = (np.cumsum(freqs) - freqs).astype(np.uint32)
+    x = np.full(lanes, LOW, dtype=np.uint32)
+    words: list[np.ndarray] = []
+    word_lane: list[np.ndarray] = []
+    word_step: list[np.ndarray] = []
+    for t in range(steps - 1, -1, -1):
+        row = grid[t]
+        f = freq32[row]
+        big = np.flatnonzero(x >= (f << np.uint32(32 - PRECISION)))
+        if big.size:  # the decoder reads these words right after decoding step t
+            words.append((x[big] & np.uint32(0xFFFF)).astype(np.uint16))
+            word_lane.append(big)
+            word_step.append(np.full(big.size, t, dtype=np.int64))
+            x[big] >>= np.uint32(16)
+        q = x // f
+        x = (q << np.uint32(PRECISION)) + (x - q * f) + cum32[row]
+    head = bytearray()
+    write_uvarint(head, lanes)
+    present = np.flatnonzero(freqs)
+    write_symbol_set(head, present.tolist())
+    for f in freqs[present[:-1]]:
+        write_uvarint(head, int(f))
+    head += x.astype("<u4").tobytes()
+    nwords = sum(w.size for w in words)
+    write_uvarint(head, nwords)
+    empty = np.zeros(0, dtype=np.int64)
+    return EncodedStream(
+        lanes=lanes,
+        steps=steps,
+        header=bytes(head),
+        words=np.concatenate(words) if words else np.zeros(0, dtype=np.uint16),
+        word_step=np.concatenate(word_step) if word_step else empty,
+        word_lane=np.concatenate(word_lane) if word_lane else empty,
+    )
+
+
+def _decode_table(present: list[int], freqs: list[int]) -> np.ndarray:
+    """4096 uint32 entries: symbol | freq << 8 | (slot - cum) << 20."""
+    f = np.array(freqs, dtype=np.int64)
+    sym = np.repeat(np.array(present, dtype=np.int64), f)
+    start = np.repeat(np.cumsum(f) - f, f)
+    freq_of = np.repeat(f, f)
+    bias = np.arange(M, dtype=np.int64) - start
+    return (sym | (freq_of << 8) | (bias << 20)).astype(np.uint32)
+
+
+def parse(r: Reader, n: int, max_lanes: int) -> LaneStream:
+    """Read one stream header for an ``n``-symbol plane (its words are in the shared section)."""
+    lanes = r.uvarint()
+    if not 1 <= lanes <= min(n, max_lanes):
+        raise CorruptPackError(f"{r.what}: rANS lane count {lanes} invalid for {n} symbols")
+    present = read_symbol_set(r)
+    if len(present) < 2:
+        raise CorruptPackError(f"{r.what}: rANS table needs at least two symbols")
+    freqs = [r.uvarint(M) for _ in present[:-1]]
+    last = M - sum(freqs)
+    if min(freqs) < 1 or last < 1:
+        raise CorruptPackError(f"{r.what}: rANS frequencies do not sum to {M}")
+    freqs.append(last)
+    states = np.frombuffer(r.take(STATE_BYTES * lanes), dtype="<u4")
+    steps = -(-n // lanes)
+    nwords = r.uvarint(steps * lanes)
+    return LaneStream(lanes=lanes, steps=steps, nwords=nwords, init=states, table=_decode_table(present, freqs))
+
+
+def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) -> bool:
+    """Decode all ``streams`` in lockstep into ``out`` (uint8); False if the data is inconsistent."""
+    if not streams:
+        return words.size == 0
+    batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
+    x = batch.states
+    tab = batch.tables.astype(np.uint32, copy=False)
+    total = batch.total_lanes
+    slot = np.empty(total, dtype=np.uint32)
+    entry = np.empty(total, dtype=np.uint32)
+    freq = np.empty(total, dtype=np.uint32)
+    pos, step_stride, tbase = batch.pos, batch.step_stride, batch.tbase
+    alive = batch.alive_lanes
+    last = batch.max_steps - 1
+    for t in range(batch.max_steps):
+        a = alive[t]
+        xa, sl, en, fr, pa = x[:a], slot[:a], entry[:a], freq[:a], pos[:a]
+        np.bitwise_and(xa, M - 1, out=sl)
+        np.bitwise_or(sl, tbase[:a], out=sl)
+        np.take(tab, sl, out=en)
+        out[pa] = en  # the low byte is the symbol
+        np.add(pa, step_stride[:a], out=pa)
+        np.right_shift(en, 8, out=fr)
+        np.bitwise_and(fr, M - 1, out=fr)
+        np.right_shift(xa, PRECISION, out=xa)
+        np.multiply(xa, fr, out=xa)
+        np.right_shift(en, 20, out=en)
+        np.add(xa, en, out=xa)
+        if t == last:
+            break
+        idx = np.flatnonzero(x[: alive[t + 1]] < LOW)
+        if idx.size:
+            chunk = batch.next_words(idx.size)
+            if chunk is None:
+                return False
+            x[idx] = (x[idx] << np.uint32(16)) | chunk
+    return batch.all_read() and bool((x == LOW).all())
