@@ -1,0 +1,289 @@
+"""Least-squares reconstruction of pruned layers from calibration data (He et al. 2017, ThiNet).
+
+For every layer whose input channels were pruned (Conv with group 1, Gemm, MatMul with a constant
+weight), re-fit its weight and bias so that, fed the *pruned* model's activations, it reproduces
+the *original* model's outputs of that layer:
+
+    min_W  sum_samples || Y_orig - [X_pruned, 1] W ||^2  +  lam ||W - W0||^2
+
+where W0 is the plainly sliced weight (the ridge term pulls toward it when data is scarce). The
+fit streams: per sample, the layer's input rows (im2col patches at a random subset of output
+positions for convs) and target rows update the normal equations X^T X and X^T Y in float64;
+no activation is kept past its sample.
+
+Layers are fitted in topological *stages*: after each stage the new weights go into the pruned
+model, so later stages see inputs in which earlier reconstruction already took effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph_utils import NameGen
+
+log = logging.getLogger(__name__)
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class FitLayer:
+    """One layer to re-fit: where its input comes from, which original output it must match."""
+
+    node: gs.Node
+    kind: str  # conv | gemm | matmul
+    x_name: str
+    y_name: str  # tensor in the original model to match (MatMul: its bias Add's output if fused below)
+    out_keep: np.ndarray  # kept output channels of the original output
+    bias_node: gs.Node | None = None  # MatMul: the Add holding its bias
+    bias_index: int = -1
+    d_in: int = 0
+    xtx: np.ndarray | None = field(default=None, repr=False)
+    xty: np.ndarray | None = field(default=None, repr=False)
+    rows: int = 0
+
+    @property
+    def has_bias(self) -> bool:
+        return self.kind in ("conv", "gemm") or self.bias_node is not None
+
+
+def _weight(node: gs.Node) -> np.ndarray:
+    return np.asarray(node.inputs[1].values, dtype=np.float64)
+
+
+def conv_geometry(node: gs.Node, x_shape: tuple[int, ...], y_shape: tuple[int, ...]
+                  ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """kernel, strides, dilations and begin-pads of a 1-D/2-D conv, auto_pad resolved."""
+    w = node.inputs[1].values
+    nd = w.ndim - 2
+    k = list(w.shape[2:])
+    s = list(node.attrs.get("strides", [1] * nd))
+    d = list(node.attrs.get("dilations", [1] * nd))
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begins = []
+        for i in range(nd):
+            total = max((y_shape[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - x_shape[2 + i], 0)
+            begins.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    elif auto == "VALID":
+        begins = [0] * nd
+    else:
+        pads = list(node.attrs.get("pads", [0] * (2 * nd)))
+        begins = pads[:nd]
+    return k, s, d, begins
+
+
+def conv_patches(x: np.ndarray, y_hw: tuple[int, ...], k: list[int], s: list[int], d: list[int],
+                 begins: list[int], positions: np.ndarray) -> np.ndarray:
+    """im2col rows ``[len(positions), C*prod(k)]`` of one image ``x [C, *spatial]`` (1-D or 2-D)."""
+    if x.ndim == 2:  # 1-D conv: view as 2-D with height 1
+        x = x[:, None, :]
+        y_hw, k, s, d, begins = (1, *y_hw), [1, *k], [1, *s], [1, *d], [0, *begins]
+    _, h, w = x.shape
+    wo = y_hw[1]
+    oy, ox = positions // wo, positions % wo
+    iy = oy[:, None] * s[0] + np.arange(k[0])[None, :] * d[0] - begins[0]  # [M, kh]
+    ix = ox[:, None] * s[1] + np.arange(k[1])[None, :] * d[1] - begins[1]  # [M, kw]
+    pad_t = max(0, -int(iy.min()))
+    pad_l = max(0, -int(ix.min()))
+    pad_b = max(0, int(iy.max()) - (h - 1))
+    pad_r = max(0, int(ix.max()) - (w - 1))
+    if pad_t or pad_l or pad_b or pad_r:
+        x = np.pad(x, ((0, 0), (pad_t, pad_b), (pad_l, pad_r)))
+    iy, ix = iy + pad_t, ix + pad_l
+    p = x[:, iy[:, :, None], ix[:, None, :]]  # [C, M, kh, kw]
+    return np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(len(positions), -1)
+
+
+class Reconstructor:
+    """Streams calibration data through the original and pruned models and re-fits layers."""
+
+    def __init__(self, layers: list[FitLayer], *, rows_per_layer: int, ridge: float, seed: int,
+                 stages: int, memory_bytes: int = 512 * 2**20):
+        self.layers = layers
+        self.rows_per_layer = rows_per_layer
+        self.ridge = ridge
+        self.rng = np.random.default_rng(seed)
+        self.stages = max(1, stages)
+        self.memory_bytes = memory_bytes
+        self.fitted = 0
+        self.skipped: list[str] = []
+
+    def plan(self) -> list[list[FitLayer]]:
+        """Split layers (already in graph order) into at most ``stages`` stages within the memory budget."""
+        per_stage = max(1, math.ceil(len(self.layers) / self.stages))
+        out: list[list[FitLayer]] = []
+        cur: list[FitLayer] = []
+        mem = 0
+        for layer in self.layers:
+            d = layer.d_in + 1
+            need = 8 * (d * d + d * int(layer.out_keep.sum()))
+            if cur and (len(cur) >= per_stage or mem + need > self.memory_bytes):
+                out.append(cur)
+                cur, mem = [], 0
+            cur.append(layer)
+            mem += need
+        if cur:
+            out.append(cur)
+        return out
+
+    def run(self, original: onnx.ModelProto, export: Callable[[], onnx.ModelProto],
+            feeds: Callable[[], Iterable[Feed]], n_samples: int, names: NameGen) -> None:
+        from onnxopt.activations import with_outputs
+        from onnxopt.validate import OrtRunner
+
+        per_sample = max(16, math.ceil(self.rows_per_layer / max(n_samples, 1)))
+        for stage in self.plan():
+            pruned = export()
+            r_orig = OrtRunner(with_outputs(original, sorted({ly.y_name for ly in stage})))
+            r_pruned = OrtRunner(with_outputs(pruned, sorted({ly.x_name for ly in stage})))
+            try:
+                for layer in stage:
+                    d = layer.d_in + (1 if layer.has_bias else 0)
+                    layer.xtx = np.zeros((d, d))
+                    layer.xty = np.zeros((d, int(layer.out_keep.sum())))
+                    layer.rows = 0
+                for feed in _limited(feeds(), n_samples):
+                    yo = r_orig.run(feed)
+                    xp = r_pruned.run(feed)
+                    for layer in stage:
+                        x = feed[layer.x_name] if layer.x_name in feed else xp[layer.x_name]
+                        self._accumulate(layer, np.asarray(x), np.asarray(yo[layer.y_name]), per_sample)
+            finally:
+                r_orig.close()
+                r_pruned.close()
+            for layer in stage:
+                self._solve(layer, names)
+                layer.xtx = layer.xty = None
+
+    # ------------------------------------------------------------------ accumulate / solve
+
+    def _rows(self, layer: FitLayer, x: np.ndarray, y: np.ndarray, m: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        keep = layer.out_keep
+        if layer.kind == "conv":
+            k, s, d, begins = conv_geometry(layer.node, x.shape, y.shape)
+            for b in range(x.shape[0]):
+                spatial = y.shape[2:]
+                total = math.prod(spatial)
+                pos = np.sort(self.rng.choice(total, size=min(m, total), replace=False))
+                xr = conv_patches(x[b], tuple(spatial), k, s, d, begins, pos)
+                yr = y[b].reshape(y.shape[1], -1)[:, pos].T
+                yield xr, yr[:, keep]
+        else:
+            xr = x.reshape(-1, x.shape[-1])
+            yr = y.reshape(-1, y.shape[-1])
+            if xr.shape[0] > m:
+                pos = np.sort(self.rng.choice(xr.shape[0], size=m, replace=False))
+                xr, yr = xr[pos], yr[pos]
+            yield xr, yr[:, keep]
+
+    def _accumulate(self, layer: FitLayer, x: np.ndarray, y: np.ndarray, m: int) -> None:
+        for xr, yr in self._rows(layer, x, y, m):
+            xr = xr.astype(np.float32, copy=False)
+            if layer.has_bias:
+                xr = np.concatenate([xr, np.ones((xr.shape[0], 1), np.float32)], axis=1)
+            layer.xtx += (xr.T @ xr).astype(np.float64)
+            layer.xty += (xr.T @ yr.astype(np.float32)).astype(np.float64)
+            layer.rows += xr.shape[0]
+
+    def _current(self, layer: FitLayer) -> tuple[np.ndarray, np.ndarray | None]:
+        """The layer's current weight as a [D, Cout] matrix and bias [Cout] (None if none)."""
+        node = layer.node
+        w = _weight(node)
+        cout = int(layer.out_keep.sum())
+        if layer.kind == "conv":
+            wm = w.reshape(w.shape[0], -1).T
+            b = node.inputs[2].values if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(cout)
+            return wm, np.asarray(b, dtype=np.float64).reshape(-1)
+        if layer.kind == "gemm":
+            alpha = float(node.attrs.get("alpha", 1.0))
+            beta = float(node.attrs.get("beta", 1.0))
+            wm = (w.T if int(node.attrs.get("transB", 0)) else w) * alpha
+            b = np.zeros(cout)
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                c = np.asarray(node.inputs[2].values, dtype=np.float64).reshape(-1) * beta
+                b = c.copy() if c.size == cout else np.full(cout, c[0])
+            return wm, b
+        b = None
+        if layer.bias_node is not None:
+            b = np.asarray(layer.bias_node.inputs[layer.bias_index].values, dtype=np.float64).reshape(-1)
+        return w, b
+
+    def _solve(self, layer: FitLayer, names: NameGen) -> None:
+        if layer.rows < 1 or layer.xtx is None or layer.xty is None:
+            self.skipped.append(f"{layer.node.name}: no data")
+            return
+        w0, b0 = self._current(layer)
+        if w0.shape != (layer.d_in, int(layer.out_keep.sum())):
+            self.skipped.append(f"{layer.node.name}: weight shape {w0.shape} unexpected")
+            return
+        theta0 = np.concatenate([w0, b0[None, :]], axis=0) if layer.has_bias else w0
+        a = layer.xtx / layer.rows
+        rhs = layer.xty / layer.rows
+        lam = self.ridge * max(float(np.trace(a)) / a.shape[0], 1e-12)
+        a = a + lam * np.eye(a.shape[0])
+        rhs = rhs + lam * theta0
+        try:
+            theta = np.linalg.solve(a, rhs)
+        except np.linalg.LinAlgError:
+            theta = np.linalg.lstsq(a, rhs, rcond=None)[0]
+        if not np.isfinite(theta).all():
+            self.skipped.append(f"{layer.node.name}: non-finite solution")
+            return
+        w = theta[: layer.d_in]
+        b = theta[layer.d_in] if layer.has_bias else None
+        self._write(layer, w, b, names)
+        self.fitted += 1
+
+    def _write(self, layer: FitLayer, w: np.ndarray, b: np.ndarray | None, names: NameGen) -> None:
+        node = layer.node
+        old = node.inputs[1].values
+        dtype = old.dtype
+        base = node.name or node.outputs[0].name
+        if layer.kind == "conv":
+            new_w = w.T.reshape(old.shape)
+        elif layer.kind == "gemm":
+            alpha = float(node.attrs.get("alpha", 1.0)) or 1.0
+            new_w = (w.T if int(node.attrs.get("transB", 0)) else w) / alpha
+        else:
+            new_w = w
+        node.inputs[1] = gs.Constant(names(f"{base}_refit_w"), np.ascontiguousarray(new_w.astype(dtype)))
+        if b is None:
+            return
+        if layer.kind == "conv":
+            c = gs.Constant(names(f"{base}_refit_b"), b.astype(dtype))
+            if len(node.inputs) > 2:
+                node.inputs[2] = c
+            else:
+                node.inputs.append(c)
+        elif layer.kind == "gemm":
+            beta = float(node.attrs.get("beta", 1.0))
+            has_c = len(node.inputs) > 2 and node.inputs[2].name
+            if has_c and beta:
+                node.inputs[2] = gs.Constant(names(f"{base}_refit_b"), (b / beta).astype(dtype))
+            else:
+                node.attrs["beta"] = 1.0
+                c = gs.Constant(names(f"{base}_refit_b"), b.astype(dtype))
+                if len(node.inputs) > 2:
+                    node.inputs[2] = c
+                else:
+                    node.inputs.append(c)
+        elif layer.bias_node is not None:
+            bn = layer.bias_node
+            shape = bn.inputs[layer.bias_index].values.shape
+            bn.inputs[layer.bias_index] = gs.Constant(names(f"{base}_refit_b"), b.reshape(shape).astype(dtype))
+
+
+def _limited(it: Iterable[Feed], n: int) -> Iterator[Feed]:
+    for i, feed in enumerate(it):
+        if i >= n:
+            return
+        yield feed
