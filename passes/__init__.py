@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from onnxopt.passes_api import Pass
 
+from .canonicalize import Canonicalize
 from .cleanup import Cleanup
 from .eliminate_identity import EliminateIdentity
+from .fold_constants import FoldConstants
+from .simplify import CommonSubexpressionElimination, FuseLinear, Simplify, SimplifyExact
 
 #: every built-in pass, by class; the registry keys them by ``Pass.name``
 BUILTIN_PASSES: list[type[Pass]] = [
     Cleanup,
     EliminateIdentity,
+    Canonicalize,
+    FoldConstants,
+    Simplify,
+    SimplifyExact,
+    CommonSubexpressionElimination,
+    FuseLinear,
 ]
 
 #: the lossless pipeline `python -m onnxopt IN OUT` runs
-DEFAULT_PIPELINE: list[str] = ["eliminate-identity", "cleanup"]
+DEFAULT_PIPELINE: list[str] = ["simplify", "eliminate-identity", "cleanup"]
