@@ -120,7 +120,7 @@ class Reader:
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "little")
 
-    def uvarint(self, limit: int = 1 << 63) -> int:
+    def uvarint(self, limit: int = 1 << 63, name: str = "value") -> int:
         result = 0
         shift = 0
         while True:
@@ -132,7 +132,7 @@ class Reader:
             if shift > 63:
                 raise CorruptPackError(f"{self.what}: varint too long at offset {self.pos}")
         if result > limit:
-            raise CorruptPackError(f"{self.what}: value {result} exceeds the limit {limit}")
+            raise CorruptPackError(f"{self.what}: {name} {result} exceeds the limit {limit}")
         return result
 
     def svarint(self) -> int:

@@ -269,14 +269,14 @@ def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
         if kind is Kind.NONE:
             records.append(_Record(kind))
             continue
-        data_type = r.uvarint(1 << 16)
-        ndims = r.uvarint(limits.max_dims)
+        data_type = r.uvarint(1 << 16, "data type")
+        ndims = r.uvarint(limits.max_dims, "rank")
         dims = tuple(r.svarint() for _ in range(ndims))
         store = r.u8()
         if store >= len(STORE_TYPES):
             raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
         codec = r.u8()
-        raw_len = r.uvarint(limits.max_tensor_bytes)
+        raw_len = r.uvarint(limits.max_tensor_bytes, "declared tensor size")
         packed_len = r.uvarint()
         crc = r.u32()
         records.append(_Record(kind, data_type, dims, store, codec, raw_len, packed_len, crc))

@@ -1,0 +1,690 @@
+"""Packed model files: bit-exact round trips, codec properties, hostile input, sessions."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxopt
+from onnxopt.errors import BadModelError
+from onnxopt.packing import (
+    Limits,
+    PackOptions,
+    huffman,
+    is_packed,
+    ort_session,
+    pack_model,
+    rans,
+    unpack_model,
+)
+from onnxopt.packing.codecs import Codec, choose, parse_payload
+from onnxopt.packing.entropy import counts, entropy_bits, plane_bound_bytes
+from onnxopt.packing.format import (
+    HEADER,
+    HEADER_CRC,
+    LIMITS,
+    MAGIC,
+    PREFIX_SIZE,
+    Reader,
+    read_header,
+)
+from onnxopt.packing.lanes import interleave_words, out_extent
+from onnxopt.packing.planes import merge_planes, split_planes
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------- model builders
+
+
+def _model(initializers, nodes=None, inputs=None, outputs=None, opset=17) -> onnx.ModelProto:
+    nodes = nodes or [helper.make_node("Identity", ["x"], ["y"])]
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])]
+    outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="t")
+    model.ir_version = 8
+    return model
+
+
+def _every_dtype_tensors(rng: np.random.Generator) -> list[TensorProto]:
+    """One raw and one typed-field tensor per dtype, plus scalars and empties."""
+    w = rng.standard_normal(300).astype(np.float32)
+    arrays = {
+        "f32": w.reshape(10, 30),
+        "f16": w.astype(np.float16),
+        "f64": w.astype(np.float64),
+        "i8": rng.integers(-128, 128, 500).astype(np.int8),
+        "u8": rng.integers(0, 256, 500).astype(np.uint8),
+        "i16": rng.integers(-3000, 3000, 100).astype(np.int16),
+        "i32": rng.integers(-(2**31), 2**31 - 1, 100).astype(np.int32),
+        "i64": rng.integers(-(2**62), 2**62, 100).astype(np.int64),
+        "u64": rng.integers(0, 2**63, 100, dtype=np.uint64),
+        "bool": rng.random(77) < 0.5,
+        "scalar": np.array(3.5, dtype=np.float32),
+        "scalar_i64": np.array(-7, dtype=np.int64),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+        "empty_i8": np.zeros((3, 0), dtype=np.int8),
+        "sparse": np.where(rng.random(4000) < 0.05, rng.standard_normal(4000), 0).astype(np.float32),
+        "const": np.full(1000, 0.25, dtype=np.float32),
+    }
+    out = [numpy_helper.from_array(a, f"raw_{k}") for k, a in arrays.items()]
+    bf16_bits = (w.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    bf16 = helper.make_tensor("raw_bf16", TensorProto.BFLOAT16, [300], bf16_bits, raw=True)
+    out.append(bf16)
+    typed = [
+        helper.make_tensor("t_f32", TensorProto.FLOAT, [300], w.tolist()),
+        helper.make_tensor("t_f64", TensorProto.DOUBLE, [300], w.astype(np.float64).tolist()),
+        helper.make_tensor("t_f16", TensorProto.FLOAT16, [300], w.astype(np.float16)),
+        helper.make_tensor("t_bf16", TensorProto.BFLOAT16, [4], [1.0, -2.0, 0.5, 3.0]),
+        helper.make_tensor("t_i8", TensorProto.INT8, [500], arrays["i8"].tolist()),
+        helper.make_tensor("t_u8", TensorProto.UINT8, [500], arrays["u8"].tolist()),
+        helper.make_tensor("t_i32", TensorProto.INT32, [100], arrays["i32"].tolist()),
+        helper.make_tensor("t_i64", TensorProto.INT64, [100], arrays["i64"].tolist()),
+        helper.make_tensor("t_u64", TensorProto.UINT64, [100], arrays["u64"].tolist()),
+        helper.make_tensor("t_bool", TensorProto.BOOL, [77], arrays["bool"].tolist()),
+        helper.make_tensor("t_scalar", TensorProto.FLOAT, [], [1.25]),
+        helper.make_tensor("t_empty", TensorProto.FLOAT, [0], []),
+        helper.make_tensor("t_str", TensorProto.STRING, [3], [b"a", b"bc", b""]),
+    ]
+    # a signalling NaN and negative zero in float_data must survive bit for bit
+    nan_bits = np.array([0x7F800001, 0x80000000, 0x7FC00000], dtype=np.uint32)
+    snan = TensorProto(name="t_snan", data_type=TensorProto.FLOAT, dims=[3])
+    snan.MergeFromString(b"\x22\x0c" + nan_bits.tobytes())
+    typed.append(snan)
+    explicit_empty = TensorProto(name="raw_explicit_empty", data_type=TensorProto.FLOAT, dims=[0])
+    explicit_empty.raw_data = b""
+    return out + typed + [explicit_empty]
+
+
+def every_dtype_model(seed: int = 0) -> onnx.ModelProto:
+    return _model(_every_dtype_tensors(np.random.default_rng(seed)))
+
+
+def constant_and_if_model(seed: int = 0) -> onnx.ModelProto:
+    """Weights in Constant nodes (tensor and sparse attributes) and inside If branches."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        c = numpy_helper.from_array((w * scale).astype(np.float32), f"{name}_w")
+        value = numpy_helper.from_array(w[0] * scale, f"{name}_v")
+        return helper.make_graph(
+            [
+                helper.make_node("Constant", [], [f"{name}_c"], value=value),
+                helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_m"]),
+                helper.make_node("Add", [f"{name}_m", f"{name}_c"], [f"{name}_out"]),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, 4])],
+            initializer=[c],
+        )
+
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.5, -2.0], np.float32), "sv"),
+        numpy_helper.from_array(np.array([1, 6], np.int64), "si"),
+        [2, 4],
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True), "cond_v")),
+        helper.make_node("Constant", [], ["bias"], value=numpy_helper.from_array(w[1], "bias_v")),
+        helper.make_node("Constant", [], ["sp"], sparse_value=sparse),
+        helper.make_node("If", ["cond"], ["branch"], then_branch=branch("then", 1.0), else_branch=branch("else", -1.0)),
+        helper.make_node("Add", ["branch", "bias"], ["y"]),
+    ]
+    return _model(
+        [numpy_helper.from_array(w, "unused_w")],
+        nodes=nodes,
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+
+
+def mlp_model(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array((rng.standard_normal((16, hidden)) * 0.1).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array((rng.standard_normal(hidden) * 0.01).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array((rng.standard_normal((hidden, 4)) * 0.1).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    return _model(
+        [w1, b1, w2],
+        nodes=nodes,
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+    )
+
+
+def assert_roundtrip(model: onnx.ModelProto, **kwargs) -> bytes:
+    before = model.SerializeToString()
+    packed = pack_model(model, **kwargs).data
+    assert model.SerializeToString() == before, "pack_model modified its input"
+    assert is_packed(packed)
+    restored = unpack_model(packed)
+    assert restored.SerializeToString() == before
+    return packed
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("codecs", [None, ["raw"], ["zlib"], ["lzma"], ["huffman"], ["rans"], ["huffman", "rans"]])
+def test_every_dtype_roundtrip(codecs):
+    assert_roundtrip(every_dtype_model(), codecs=codecs)
+
+
+def test_constant_nodes_sparse_and_if_subgraphs_roundtrip():
+    model = constant_and_if_model()
+    assert_roundtrip(model)
+    report = pack_model(model)
+    names = {t.name for t in report.tensors}
+    assert {"then_w", "else_w", "then_v", "bias_v", "sv", "si", "cond_v"} <= names
+
+
+def test_large_tensors_use_entropy_coders_and_stay_exact():
+    rng = np.random.default_rng(3)
+    big = (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)
+    sparse = np.where(rng.random(50_000) < 0.02, rng.integers(-127, 128, 50_000), 0).astype(np.int8)
+    q = np.clip(np.round(rng.standard_normal(60_000) * 12), -127, 127).astype(np.int8)
+    model = _model(
+        [
+            numpy_helper.from_array(big, "big"),
+            numpy_helper.from_array(sparse, "sparse_i8"),
+            numpy_helper.from_array(q, "q_i8"),
+            numpy_helper.from_array(big.astype(np.float16), "big16"),
+        ]
+    )
+    assert_roundtrip(model)
+    result = pack_model(model)
+    by_name = {t.name: t for t in result.tensors}
+    assert by_name["big"].codec.startswith("planes[")
+    assert by_name["big"].packed_bytes < 0.9 * by_name["big"].raw_bytes
+    # rANS goes far below Huffman's 1 bit/symbol floor on a 98%-zero plane
+    assert by_name["sparse_i8"].packed_bytes * 8 < 0.4 * sparse.size
+    for name in ("big", "q_i8", "big16"):  # dense tensors land within 2% of their order-0 bound
+        t = by_name[name]
+        assert t.packed_bytes <= 1.02 * t.entropy_bound_bytes, t
+
+
+def test_duplicate_tensors_are_stored_once():
+    w = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    model = _model([numpy_helper.from_array(w, "a"), numpy_helper.from_array(w, "b")])
+    assert_roundtrip(model)
+    report = pack_model(model)
+    assert report.tensors[1].codec.startswith("ref[")
+    assert report.tensors[1].packed_bytes < 8
+
+
+def test_many_streams_with_different_lane_counts_roundtrip():
+    rng = np.random.default_rng(5)
+    inits = []
+    for i, n in enumerate([1, 2, 3, 17, 255, 256, 1000, 4097, 20000, 70001]):
+        scale = 10.0 ** rng.uniform(-3, 1)
+        inits.append(numpy_helper.from_array((rng.standard_normal(n) * scale).astype(np.float32), f"w{i}"))
+        inits.append(numpy_helper.from_array(rng.integers(-20, 20, n).astype(np.int8), f"q{i}"))
+    assert_roundtrip(_model(inits))
+    assert_roundtrip(_model(inits), codecs=["huffman"])
+
+
+def test_fixtures_roundtrip():
+    fixtures = pytest.importorskip("fixtures")
+    registry = getattr(fixtures, "FIXTURES", None)
+    if not registry:
+        pytest.skip("fixtures registry not available yet")
+    for name, fixture in registry.items():
+        model = fixture.build()
+        packed = assert_roundtrip(model)
+        assert onnxopt.load(packed).SerializeToString() == model.SerializeToString(), name
+
+
+def test_load_recognizes_packed_bytes_and_files(tmp_path):
+    model = mlp_model()
+    packed = pack_model(model).data
+    assert onnxopt.load(packed).SerializeToString() == model.SerializeToString()
+    path = tmp_path / "m.onnxpack"
+    path.write_bytes(packed)
+    assert onnxopt.load(path).SerializeToString() == model.SerializeToString()
+
+
+def test_external_data_must_be_loaded_first():
+    model = mlp_model()
+    t = model.graph.initializer[0]
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    with pytest.raises(BadModelError, match="external"):
+        pack_model(model)
+
+
+def test_external_data_model_packs_after_load(tmp_path):
+    model = mlp_model(hidden=256)
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="ext.data", size_threshold=64)
+    loaded = onnxopt.load(path)
+    packed = pack_model(loaded).data
+    assert unpack_model(packed).SerializeToString() == loaded.SerializeToString()
+    for a, b in zip(loaded.graph.initializer, mlp_model(hidden=256).graph.initializer):
+        assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_report_fields_and_json():
+    result = pack_model(every_dtype_model())
+    d = result.to_dict()
+    json.dumps(d)
+    assert d["file_bytes"] == len(result.data)
+    assert d["raw_bytes"] == sum(t["raw_bytes"] for t in d["tensors"])
+    for t in d["tensors"]:
+        assert {"name", "dtype", "shape", "raw_bytes", "packed_bytes", "entropy_bound_bytes",
+                "byte_entropy_bound_bytes", "codec"} <= t.keys()
+        assert t["entropy_bound_bytes"] <= t["raw_bytes"] + 1e-6
+    f32 = next(t for t in d["tensors"] if t["name"] == "raw_f32")
+    assert f32["dtype"] == "float" and f32["shape"] == [10, 30]
+
+
+def test_unknown_codec_name_is_a_usage_error():
+    with pytest.raises(onnxopt.errors.UsageError):
+        pack_model(mlp_model(), codecs=["brotli"])
+
+
+# --------------------------------------------------------------------------- codec properties
+
+
+def _decode_streams(module, encoded, sizes):
+    streams = []
+    dest = 0
+    for e, n in zip(encoded, sizes):
+        r = Reader(e.header, "test")
+        s = module.parse(r, n, LIMITS.max_lanes)
+        r.done()
+        s.dest = dest
+        streams.append(s)
+        dest += s.lanes * s.steps
+    word_dtype = np.uint16 if module is rans else np.uint32
+    words = interleave_words(encoded, word_dtype)
+    out = np.zeros(max(dest, out_extent(streams)), dtype=np.uint8)
+    ok = module.decode_batch(streams, words, out)
+    planes = []
+    dest = 0
+    for s, n in zip(streams, sizes):
+        planes.append(out[dest : dest + n].copy())
+        dest += s.lanes * s.steps
+    return ok, planes
+
+
+def _plane_strategy():
+    def build(args):
+        n, kind, seed = args
+        rng = np.random.default_rng(seed)
+        if kind == "uniform":
+            p = rng.integers(0, 256, n)
+        elif kind == "normal":
+            p = np.clip(np.round(rng.standard_normal(n) * rng.uniform(0.5, 40)) + 128, 0, 255)
+        elif kind == "sparse":
+            p = np.where(rng.random(n) < rng.uniform(0.001, 0.1), rng.integers(1, 256, n), 0)
+        elif kind == "two":
+            p = np.where(rng.random(n) < 0.5, 7, 200)
+        else:  # skewed geometric
+            p = np.minimum(rng.geometric(rng.uniform(0.05, 0.9), n), 255)
+        p = p.astype(np.uint8)
+        if np.unique(p).size < 2:
+            p[0] ^= 1
+        return p
+
+    sizes = st.one_of(st.integers(2, 64), st.integers(65, 5000), st.sampled_from([4096, 4097, 12288]))
+    kinds = st.sampled_from(["uniform", "normal", "sparse", "two", "geometric"])
+    return st.tuples(sizes, kinds, st.integers(0, 2**32 - 1)).map(build)
+
+
+_LANES = st.lists(st.integers(1, 300), min_size=4, max_size=4)
+
+
+@FAST
+@given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES)
+def test_rans_roundtrip(planes, lanes):
+    encoded = [rans.encode(p, lanes[i % 4]) for i, p in enumerate(planes)]
+    ok, decoded = _decode_streams(rans, encoded, [p.size for p in planes])
+    assert ok
+    for a, b in zip(planes, decoded):
+        assert np.array_equal(a, b)
+
+
+@FAST
+@given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES)
+def test_huffman_roundtrip(planes, lanes):
+    encoded = [huffman.encode(p, lanes[i % 4]) for i, p in enumerate(planes)]
+    ok, decoded = _decode_streams(huffman, encoded, [p.size for p in planes])
+    assert ok
+    for a, b in zip(planes, decoded):
+        assert np.array_equal(a, b)
+
+
+@FAST
+@given(hist=st.lists(st.integers(0, 10**6), min_size=256, max_size=256).filter(lambda h: sum(x > 0 for x in h) >= 2))
+def test_huffman_lengths_are_limited_and_complete(hist):
+    lengths = huffman.code_lengths(np.array(hist))
+    present = np.array(hist) > 0
+    assert np.all(lengths[present] >= 1) and lengths.max() <= huffman.MAX_LEN
+    assert np.all(lengths[~present] == 0)
+    assert (2.0 ** -lengths[present]).sum() == pytest.approx(1.0)
+
+
+@FAST
+@given(hist=st.lists(st.integers(0, 10**7), min_size=256, max_size=256).filter(lambda h: sum(x > 0 for x in h) >= 2))
+def test_rans_quantized_frequencies(hist):
+    h = np.array(hist)
+    f = rans.quantize(h)
+    assert f.sum() == rans.M
+    assert np.all((f > 0) == (h > 0))
+
+
+def test_rans_is_close_to_entropy_and_beats_huffman_on_skewed_data():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    plane = np.where(rng.random(n) < 0.03, rng.integers(1, 256, n), 0).astype(np.uint8)
+    bound = entropy_bits(counts(plane)) / 8
+    r = rans.encode(plane, 64)
+    h = huffman.encode(plane, 64)
+    r_size = len(r.header) + r.word_bytes
+    h_size = len(h.header) + h.word_bytes
+    assert r_size < 1.05 * bound + 400
+    assert h_size > n / 8  # Huffman cannot go below 1 bit per symbol
+    assert r_size < 0.5 * h_size
+
+
+_DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_]
+
+
+@FAST
+@given(
+    dtype=st.sampled_from(_DTYPES),
+    n=st.integers(0, 3000),
+    kind=st.sampled_from(["normal", "constant", "sparse", "small_ints"]),
+    seed=st.integers(0, 2**32 - 1),
+    codecs=st.sampled_from([None, ("rans",), ("huffman",), ("zlib",), ("lzma",)]),
+)
+def test_tensor_codec_choice_roundtrip(dtype, n, kind, seed, codecs):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        a = rng.standard_normal(n) * 30
+    elif kind == "constant":
+        a = np.full(n, 3)
+    elif kind == "sparse":
+        a = np.where(rng.random(n) < 0.05, rng.standard_normal(n) * 50, 0)
+    else:
+        a = rng.integers(-4, 5, n)
+    data = a.astype(dtype).tobytes()
+    itemsize = np.dtype(dtype).itemsize
+    coded = choose(data, itemsize, PackOptions.from_codecs(codecs))
+    assert coded.size <= len(data)  # raw is always the fallback
+    parsed = parse_payload(coded.codec, memoryview(coded.payload), len(data), "t", LIMITS)
+    if parsed.data is not None:
+        assert parsed.data == data
+        return
+    # planes: run the lockstep decoders on this one payload
+    out = np.zeros(max(parsed.extent, len(data)), dtype=np.uint8)
+    grid = out[: len(data)].reshape(-1, parsed.itemsize)
+    for plane, fill in parsed.fills:
+        grid[:, plane] = fill
+    r_words = interleave_words(coded.rans, np.uint16)
+    h_words = interleave_words(coded.huffman, np.uint32)
+    assert rans.decode_batch(parsed.rans, r_words, out)
+    assert huffman.decode_batch(parsed.huffman, h_words, out)
+    assert out[: len(data)].tobytes() == data
+
+
+@FAST
+@given(itemsize=st.sampled_from([1, 2, 4, 8]), n=st.integers(0, 500), seed=st.integers(0, 1000))
+def test_planes_split_merge(itemsize, n, seed):
+    data = np.random.default_rng(seed).integers(0, 256, n * itemsize).astype(np.uint8)
+    planes = split_planes(data, itemsize)
+    assert len(planes) == itemsize
+    assert np.array_equal(merge_planes(planes), data)
+
+
+def test_entropy_bounds():
+    data = np.repeat(np.arange(4, dtype=np.uint8), 256)
+    assert entropy_bits(counts(data)) == pytest.approx(2 * data.size)
+    f32 = np.ones(100, dtype=np.float32).tobytes()
+    assert plane_bound_bytes(f32, 4) == 0.0
+
+
+# --------------------------------------------------------------------------- corrupt, truncated and hostile files
+
+
+@pytest.fixture(scope="module")
+def small_pack() -> tuple[onnx.ModelProto, bytes]:
+    rng = np.random.default_rng(11)
+    model = _model(
+        [
+            numpy_helper.from_array((rng.standard_normal(600) * 0.1).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.integers(-30, 30, 700).astype(np.int8), "q"),
+            numpy_helper.from_array(np.arange(12, dtype=np.int64), "shape"),
+        ]
+    )
+    data = pack_model(model).data
+    assert unpack_model(data).SerializeToString() == model.SerializeToString()
+    return model, data
+
+
+def test_every_truncation_is_a_bad_model_error(small_pack):
+    _, data = small_pack
+    for cut in range(len(data)):
+        with pytest.raises(BadModelError, match="packed file"):
+            unpack_model(data[:cut], source="x.onnxpack")
+
+
+def test_trailing_bytes_are_rejected(small_pack):
+    _, data = small_pack
+    with pytest.raises(BadModelError, match="trailing"):
+        unpack_model(data + b"\0")
+
+
+def test_random_byte_flips_never_give_a_wrong_model(small_pack):
+    model, data = small_pack
+    expected = model.SerializeToString()
+    rng = np.random.default_rng(2024)
+    for _ in range(400):
+        buf = bytearray(data)
+        for pos in rng.integers(0, len(buf), rng.integers(1, 4)):
+            buf[pos] ^= int(rng.integers(1, 256))
+        try:
+            restored = unpack_model(bytes(buf), source="flipped.onnxpack")
+        except BadModelError as exc:
+            assert str(exc).startswith("flipped.onnxpack: ")
+            assert "\n" not in str(exc)
+            continue
+        # a flip in ignored padding bits may leave the content intact, but never different
+        assert restored.SerializeToString() == expected
+
+
+def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = None) -> bytes:
+    """Re-emit a pack with a replaced index and/or header fields, with valid checksums."""
+    head = read_header(data)
+    pos = PREFIX_SIZE
+    skeleton = data[pos : pos + head.skeleton_packed]
+    pos += head.skeleton_packed
+    old_index = data[pos : pos + head.index_packed]
+    rest = data[pos + head.index_packed :]
+    if index is not None:
+        old_index = zlib.compress(index)
+        head.index_raw, head.index_packed, head.index_crc = len(index), len(old_index), zlib.crc32(index)
+    for k, v in (fields or {}).items():
+        setattr(head, k, v)
+    return head.pack() + skeleton + old_index + rest
+
+
+def _index_raw(data: bytes) -> bytes:
+    head = read_header(data)
+    start = PREFIX_SIZE + head.skeleton_packed
+    return zlib.decompress(data[start : start + head.index_packed])
+
+
+def test_bad_magic_and_version(small_pack):
+    _, data = small_pack
+    with pytest.raises(BadModelError, match="bad magic"):
+        unpack_model(b"NOTAPACK!" + data[9:])
+    future = bytearray(data)
+    future[len(MAGIC)] = 99
+    with pytest.raises(BadModelError, match="format version 99"):
+        unpack_model(bytes(future))
+    assert not is_packed(b"\x08\x07")
+    assert is_packed(data)
+
+
+def test_header_checksum(small_pack):
+    _, data = small_pack
+    buf = bytearray(data)
+    buf[len(MAGIC) + 2] ^= 1  # inside the record count
+    with pytest.raises(BadModelError, match="header checksum"):
+        unpack_model(bytes(buf))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"records": 10**9}, "tensor records"),
+        ({"skeleton_raw": 2**40}, "skeleton"),
+        ({"index_raw": 2**40}, "tensor index"),
+        ({"payload_bytes": 2**60}, "truncated"),
+        ({"rans_words": 2**61}, "truncated"),
+        ({"flags": 4}, "flags"),
+        ({"skeleton_codec": 9}, "skeleton codec"),
+    ],
+)
+def test_hostile_header_fields(small_pack, fields, message):
+    _, data = small_pack
+    with pytest.raises(BadModelError, match=message):
+        unpack_model(_rebuild(data, fields=fields))
+
+
+def _records(data: bytes) -> list[tuple[int, int]]:
+    """(offset of the codec byte, offset of raw_len) per non-empty record in the raw index."""
+    raw = _index_raw(data)
+    r = Reader(raw, "index")
+    out = []
+    while r.remaining:
+        kind = r.u8()
+        if kind == 0:
+            continue
+        r.uvarint()
+        for _ in range(r.uvarint()):
+            r.uvarint()
+        r.u8()
+        codec_at = r.pos
+        r.u8()
+        raw_at = r.pos
+        r.uvarint()
+        r.uvarint()
+        r.u32()
+        out.append((codec_at, raw_at))
+    return out
+
+
+def test_unknown_codec_id(small_pack):
+    _, data = small_pack
+    raw = bytearray(_index_raw(data))
+    codec_at, _ = _records(data)[0]
+    raw[codec_at] = 200
+    with pytest.raises(BadModelError, match="unknown codec id 200"):
+        unpack_model(_rebuild(data, index=bytes(raw)))
+
+
+def _with_raw_len(data: bytes, record: int, value: int) -> bytes:
+    raw = bytearray(_index_raw(data))
+    _, raw_at = _records(data)[record]
+    r = Reader(raw, "index", pos=raw_at)
+    r.uvarint()
+    varint = bytearray()
+    onnxopt.packing.format.write_uvarint(varint, value)
+    return _rebuild(data, index=bytes(raw[:raw_at] + varint + raw[r.pos :]))
+
+
+@pytest.mark.parametrize("claimed", [10**12, 4 * 10**12, 2**39, 10**11])
+def test_hostile_huge_tensor_sizes_fail_before_allocating(small_pack, claimed):
+    _, data = small_pack
+    with pytest.raises(BadModelError, match="packed file"):
+        unpack_model(_with_raw_len(data, 0, claimed))
+
+
+def test_limits_are_enforced_before_decoding(small_pack):
+    _, data = small_pack
+    with pytest.raises(BadModelError, match="limit"):
+        unpack_model(data, limits=Limits(max_total_bytes=100))
+
+
+def test_hostile_header_declaring_10_12_elements():
+    """A hand-made file whose only record claims a 10**12-element float tensor."""
+    huge = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[10**12])
+    huge.raw_data = b""
+    model = _model([huge])
+    data = pack_model(model).data
+    # the empty raw_data is the real payload; now claim 4 TB of it with an LZMA/zlib/raw codec
+    for codec in Codec:
+        raw = bytearray(_index_raw(data))
+        codec_at, _ = _records(data)[0]
+        raw[codec_at] = int(codec)
+        forged = _with_raw_len(_rebuild(data, index=bytes(raw)), 0, 4 * 10**12)
+        with pytest.raises(BadModelError):
+            unpack_model(forged)
+
+
+def test_bad_model_error_has_exit_code_2(small_pack):
+    with pytest.raises(BadModelError) as info:
+        unpack_model(b"ONNXOPTPK\x01", source="a.onnxpack")
+    assert info.value.exit_code == 2
+    assert str(info.value).startswith("a.onnxpack: ")
+
+
+def test_header_layout_is_stable():
+    assert HEADER.size + HEADER_CRC.size + len(MAGIC) + 1 == PREFIX_SIZE
+    assert struct.calcsize("<BIBQQIQQIQQQ") == HEADER.size
+
+
+# --------------------------------------------------------------------------- onnxruntime sessions
+
+
+def test_ort_session_from_packed_bytes_and_file(tmp_path):
+    model = mlp_model()
+    packed = pack_model(model).data
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort_session(packed).run(None, {"x": x})
+    np.testing.assert_array_equal(ref[0], got[0])
+    path = tmp_path / "m.onnxpack"
+    path.write_bytes(packed)
+    np.testing.assert_array_equal(ref[0], ort_session(path).run(None, {"x": x})[0])
+
+
+def test_ort_session_with_external_initializers():
+    """The >2 GB path (weights passed as OrtValues), forced on a small model."""
+    model = mlp_model(hidden=128)
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.arange(300, dtype=np.float16), "unused_f16")
+    )
+    packed = pack_model(model).data
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    session = ort_session(packed, inline_limit=0)
+    np.testing.assert_array_equal(ref[0], session.run(None, {"x": x})[0])
+
+
+def test_ort_session_on_constant_and_if_model():
+    model = constant_and_if_model()
+    x = np.ones((1, 4), dtype=np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort_session(pack_model(model).data).run(None, {"x": x})
+    np.testing.assert_array_equal(ref[0], got[0])
