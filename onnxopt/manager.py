@@ -41,17 +41,6 @@ log = logging.getLogger(__name__)
 VALIDATE_MODES = ("each", "end", "off")
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-inferred copy of ``model`` for passes to read dtypes/shapes; ``model`` itself if inference fails."""
-    if weight_bytes(model) > 2**31 - 2**26:
-        return model
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as exc:  # inference is best-effort: passes must cope with unknown shapes
-        log.debug("shape inference failed: %s", exc)
-        return model
-
-
 class PassManager:
     """Runs a list of passes over a model with validation after each (see module docstring)."""
 
@@ -165,7 +154,7 @@ class PassManager:
         base = current
         if p.min_opset and default_opset(current) < p.min_opset:
             base = upgrade_opset(current, p.min_opset)
-        graph = to_graph(infer_shapes(base))
+        graph = to_graph(base, infer=True)
         if p.min_opset and graph.opset < p.min_opset:
             graph.opset = p.min_opset
         context.model = base

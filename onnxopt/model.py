@@ -324,22 +324,127 @@ def quiet_graphsurgeon() -> Iterator[None]:
         G_LOGGER.severity = old
 
 
-def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a model into graphsurgeon (the in-memory graph every pass edits)."""
+def to_graph(model: onnx.ModelProto, *, infer: bool = False) -> gs.Graph:
+    """Import a model into graphsurgeon (the in-memory graph every pass edits).
+
+    With ``infer``, tensors get dtypes and shapes from ONNX shape inference, run on a copy of the
+    model without its large weights (so a multi-GB model is never copied just to infer shapes).
+    """
     try:
         with quiet_graphsurgeon():
-            return gs.import_onnx(model)
+            graph = gs.import_onnx(model)
     except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
         raise BadModelError(f"cannot import model into onnx-graphsurgeon: {exc}") from None
+    if infer:
+        _apply_inferred_types(graph, infer_types(model))
+    return graph
+
+
+def structure_copy(model: onnx.ModelProto, min_bytes: int = 4096) -> onnx.ModelProto:
+    """Copy of ``model`` whose main-graph initializers of ``min_bytes`` or more keep name, dtype and dims
+    but no data: enough for shape inference, cheap whatever the model's size."""
+    copy = onnx.ModelProto(ir_version=model.ir_version)
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    g = model.graph
+    copy.graph.name = g.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(copy.graph, field).extend(getattr(g, field))
+    for t in g.initializer:
+        if tensor_nbytes(t) < min_bytes:
+            copy.graph.initializer.append(t)
+        else:
+            stub = copy.graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+    return copy
+
+
+def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Name -> inferred type of every value ONNX shape inference can type (best effort; {} on failure)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            structure_copy(model), check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference is best-effort: passes must cope with unknown shapes
+        log.debug("shape inference failed: %s", exc)
+        return {}
+    types: dict[str, onnx.TypeProto] = {}
+    for g in iter_graphs(inferred.graph):
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                types.setdefault(vi.name, vi.type)
+    return types
+
+
+def _apply_inferred_types(graph: gs.Graph, types: dict[str, onnx.TypeProto]) -> None:
+    from onnx import helper as onnx_helper
+
+    seen: set[int] = set()
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.nodes:
+            for value in node.attrs.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, gs.Graph):
+                        stack.append(sub)
+        for t in g.tensors().values():
+            if id(t) in seen or isinstance(t, gs.Constant) or t.name not in types:
+                continue
+            seen.add(id(t))
+            tt = types[t.name].tensor_type
+            if t.dtype is None:
+                t.dtype = onnx_helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            if t.shape is None and tt.HasField("shape"):
+                t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` to a ModelProto that keeps ``like``'s IR version, opsets and metadata."""
+    """Export ``graph`` to a ModelProto that keeps ``like``'s IR version, opsets and metadata.
+
+    Untouched weights (still the TensorProtos the graph was imported from) are exported as data-less
+    stubs and their data is copied once into the final model: graphsurgeon's own export would copy
+    every weight twice, and rename the source protos (which are the manager's rollback snapshot).
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    swapped: list[tuple[gs.Constant, LazyValues]] = []
+    graphs: list[gs.Graph] = []
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        graphs.append(g)
+        for node in g.nodes:
+            for value in node.attrs.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, gs.Graph):
+                        stack.append(sub)
+    sources: dict[str, onnx.TensorProto] = {}
+    lazy = [t for g in graphs for t in g.tensors().values()
+            if isinstance(t, gs.Constant) and type(t._values) is LazyValues]
+    for t in lazy:
+        if sources.setdefault(t.name, t._values.tensor) is not t._values.tensor:
+            sources = {}  # distinct weights share a name across scopes: export them the plain way
+            break
+    for t in lazy if sources else []:
+        src = t._values.tensor
+        swapped.append((t, t._values))
+        t._values = LazyValues(onnx.TensorProto(name=t.name, data_type=src.data_type, dims=src.dims))
     try:
         with quiet_graphsurgeon():
             model = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
         raise PassError(f"cannot export graph from onnx-graphsurgeon: {exc}") from None
+    finally:
+        for t, values in swapped:
+            t._values = values
+    for exported in iter_graphs(model.graph):
+        for init in exported.initializer:
+            src = sources.get(init.name)
+            if src is not None:
+                name = init.name
+                init.CopyFrom(src)
+                init.name = name
     model.ir_version = like.ir_version
     opsets = {o.domain: o.version for o in like.opset_import}
     for o in model.opset_import:  # a pass may have raised an opset (e.g. QDQ needs 13)

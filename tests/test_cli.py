@@ -11,6 +11,9 @@ import onnx
 import pytest
 
 from onnxopt.cli import main
+from onnxopt.registry import default_pipeline
+
+PLAIN = ["--passes", "eliminate-identity,cleanup"]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -43,7 +46,7 @@ def test_report_json(capsys, mlp_path, tmp_path):
     data = json.loads(rep.read_text())
     assert data["ok"] is True and data["validation_synthetic"] is True
     assert data["final"]["exact"] is True
-    assert [p["name"] for p in data["passes"]] == ["eliminate-identity", "cleanup"]
+    assert [p["name"] for p in data["passes"]] == default_pipeline()
 
 
 def test_quiet_prints_nothing(capsys, mlp_path, tmp_path):
@@ -53,7 +56,7 @@ def test_quiet_prints_nothing(capsys, mlp_path, tmp_path):
 
 def test_output_may_replace_input(capsys, mlp_path):
     before = mlp_path.read_bytes()
-    code, _, _ = _run(capsys, mlp_path, mlp_path, "-q")
+    code, _, _ = _run(capsys, mlp_path, mlp_path, "-q", *PLAIN)
     assert code == 0
     assert mlp_path.read_bytes() != before
     assert len(onnx.load(mlp_path).graph.node) == 4
@@ -147,7 +150,7 @@ def test_entry_points(command, mlp_path, tmp_path):
     if command[0] == "onnxopt" and shutil.which("onnxopt") is None:
         pytest.skip("console script not installed")
     out = tmp_path / "o.onnx"
-    proc = subprocess.run(command + [str(mlp_path), str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(command + [str(mlp_path), str(out), *PLAIN], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "nodes 6 -> 4" in proc.stdout
     bad = subprocess.run(command + [str(tmp_path / "missing.onnx"), str(out) + "2"], capture_output=True,
