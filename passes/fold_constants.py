@@ -15,10 +15,15 @@ input. A folded tensor keeps its name; a node whose evaluation fails is left as 
 Evaluation: numpy for shape arithmetic and IEEE-exact element-wise float ops (+, -, *, /, sqrt),
 onnxruntime (a one-node model, sessions cached per op signature) for everything else.
 
-Size guard: a fold whose output is bigger than ``max(max_bytes, size_limit_ratio x its inputs)``
-does not happen (ConstantOfShape / Expand / Tile / Range fills stay as they are: onnxruntime folds
-them at load anyway), and all folds together may grow the weights by at most ``growth_budget`` bytes
-(default: max(512 KB, 5% of the model's weights)). ``size_limit_ratio=None`` disables the guard.
+Size guard. Growth of a fold = its output bytes - the constant bytes it frees. A fold growing the
+model by at most ``max_bytes`` (4 KB) is fine; a bigger one must not output more than
+``size_limit_ratio`` (2) x the constant bytes it reads, and all folds of a run together may grow
+the weights by at most ``growth_budget`` (default max(512 KB, 5% of the weights)).
+``size_limit_ratio=None`` disables the guard. So ConstantOfShape / Expand / Tile / Range fills stay
+as they are (onnxruntime builds them at load: a 4 KB model must not become 244 MB), but their value
+is still known (:func:`~passes.simplify_core.splat`): a node reading a fill is folded when its own
+output is small (the fill is built transiently, up to ``max_transient_bytes``), and the rules see
+fills as values. A 1 MB threshold as in other tools would let many mid-size fills each pass.
 
 Kind NUMERIC: an op evaluated alone may round differently from the fused kernel ORT would use.
 """
@@ -52,6 +57,7 @@ from .simplify_core import (
     is_plain,
     materialize,
     slice_indices,
+    splat,
     subgraphs_of,
     toposort_graph,
 )
@@ -491,11 +497,14 @@ class Evaluator:
 class FoldPolicy:
     """How much folding may grow the model (see the module docstring)."""
 
-    max_bytes: int = 1 << 20
+    #: a fold that grows the model by at most this many bytes is always fine
+    max_bytes: int = 4096
+    #: else its output may be at most this multiple of the constant bytes it reads (None: no guard)
     size_limit_ratio: float | None = 2.0
+    #: cap on the total growth of one run (None: max(512 KB, 5% of the weights))
     growth_budget: int | None = None
-    #: growth below this is always allowed (shape tensors, scalars)
-    small_bytes: int = 256
+    #: a fill (ConstantOfShape...) bigger than this is never built, even transiently, to fold a reader
+    max_transient_bytes: int = 1 << 26
 
     def budget_for(self, graph: gs.Graph) -> float:
         if self.size_limit_ratio is None:
@@ -505,6 +514,20 @@ class FoldPolicy:
         total = sum(const_nbytes(t) for g in all_graphs(graph) for t in g.tensors().values()
                     if isinstance(t, gs.Constant))
         return float(max(512 * 1024, total // 20))
+
+
+def _input_value(t: gs.Tensor) -> np.ndarray:
+    """A constant's value, or a fill built (transiently) from its fill value and shape."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    fill = splat(t)
+    assert fill is not None
+    return np.full(fill[1], fill[0], dtype=fill[0].dtype)
+
+
+def _unique_nodes(nodes: Sequence[gs.Node]) -> list[gs.Node]:
+    seen: set[int] = set()
+    return [n for n in nodes if not (id(n) in seen or seen.add(id(n)))]
 
 
 def _unique(tensors: Sequence[gs.Tensor]) -> list[gs.Tensor]:
@@ -616,9 +639,15 @@ class Folder:
             return "not a tensor op"
         if not any(t.name for t in node.inputs):
             return "no inputs"
-        if any(t.name and not isinstance(t, gs.Constant) for t in node.inputs):
-            return "depends on a non-constant input"
-        if any(t.name and not is_plain(t) for t in node.inputs):
+        for t in node.inputs:
+            if not t.name or isinstance(t, gs.Constant):
+                continue
+            fill = splat(t)
+            if fill is None:
+                return "depends on a non-constant input"
+            if int(np.prod(fill[1], dtype=np.int64)) * fill[0].itemsize > self.policy.max_transient_bytes:
+                return "reads a fill too big to build even transiently"
+        if any(isinstance(t, gs.Constant) and not is_plain(t) for t in node.inputs):
             return "an input's element type has no exact numpy form (strings, 4-bit, float8)"
         if (node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name
                 and bool(np.asarray(node.inputs[2].values).any())):
@@ -635,7 +664,7 @@ class Folder:
         reason = self.foldable(node)
         if reason is not None:
             return reason
-        values = [np.asarray(t.values) if t.name else None for t in node.inputs]
+        values = [_input_value(t) if t.name else None for t in node.inputs]
         predicted = self._predict_bytes(node, values)
         if predicted is not None:
             reason = self._check_size(node, predicted, dry_run=True)
@@ -733,26 +762,44 @@ class Folder:
         return None
 
     def _check_size(self, node: gs.Node, out_bytes: int, *, dry_run: bool) -> str | None:
+        """Growth = output bytes - bytes of constant inputs nothing else reads (fills read count 0:
+        they cost a shape and a scalar). Small growth is fine; else the output must not be more than
+        ``size_limit_ratio`` x the constant bytes read, within the run's growth budget."""
         pol = self.policy
         if pol.size_limit_ratio is None:
             return None
         inputs = [t for t in _unique(node.inputs) if isinstance(t, gs.Constant)]
         in_bytes = sum(const_nbytes(t) for t in inputs)
-        freed = sum(const_nbytes(t) for t in inputs if len(t.outputs) <= 1 and id(t) not in self._outputs)
-        growth = out_bytes - freed
-        if growth > pol.small_bytes:
-            limit = max(pol.max_bytes, pol.size_limit_ratio * in_bytes)
-            if out_bytes > limit:
-                return f"output of {out_bytes} bytes exceeds the size limit ({int(limit)} bytes)"
+        growth = out_bytes - sum(self._freed_share(t, node) for t in inputs)
+        if growth > pol.max_bytes:
+            if out_bytes > pol.size_limit_ratio * in_bytes:
+                return (f"output of {out_bytes} bytes is more than {pol.size_limit_ratio:g}x the {in_bytes} "
+                        "constant bytes it reads")
             if growth > self.budget:
                 return f"would grow the model by {growth} bytes; growth budget left {int(self.budget)}"
         if not dry_run and growth > 0:
             self.budget -= growth
         return None
 
+    def _freed_share(self, t: gs.Constant, node: gs.Node) -> float:
+        """The part of constant ``t`` that folding ``node`` frees: all of it when ``node`` is its only
+        reader, an equal share when every reader can be folded too (slices of one weight), else 0."""
+        if id(t) in self._outputs:
+            return 0.0
+        readers = _unique_nodes(t.outputs)
+        if len(readers) <= 1:
+            return float(const_nbytes(t))
+        if all(r is node or self._could_fold(r) for r in readers):
+            return const_nbytes(t) / len(readers)
+        return 0.0
+
+    def _could_fold(self, node: gs.Node) -> bool:
+        return (node.op not in NEVER_FOLD and node.op not in NOT_TENSOR_OPS and not subgraphs_of(node)
+                and all(not t.name or isinstance(t, gs.Constant) for t in node.inputs))
+
     def allow_growth(self, growth: int) -> bool:
         """For rewrites that materialize new weights: take ``growth`` bytes from the budget if possible."""
-        if growth <= self.policy.small_bytes or self.policy.size_limit_ratio is None:
+        if growth <= self.policy.max_bytes or self.policy.size_limit_ratio is None:
             return True
         if growth > self.budget:
             return False
@@ -846,10 +893,10 @@ def inline_branch(top: gs.Graph, g: gs.Graph, node: gs.Node, branch: gs.Graph, n
 class FoldConstants(Pass):
     """Evaluate every node that does not depend on a graph input; inline If with constant conditions.
 
-    Options: ``max_bytes`` and ``size_limit_ratio`` (a fold may not produce more than
-    ``max(max_bytes, size_limit_ratio x input bytes)``; None disables the guard), ``growth_budget``
-    (total bytes folding may add; default max(512 KB, 5% of the weights)), ``fold_subgraphs`` and
-    ``inline_if``. Stats: ``folded`` (op -> count), ``refused_for_size``.
+    Options: ``max_bytes`` (growth always allowed per fold, 4 KB), ``size_limit_ratio`` (a bigger
+    fold may output at most this multiple of the constant bytes it reads; None disables the guard),
+    ``growth_budget`` (total bytes one run may add; default max(512 KB, 5% of the weights)),
+    ``fold_subgraphs`` and ``inline_if``. Stats: ``folded`` (op -> count), ``refused_for_size``.
     """
 
     name = "fold-constants"
@@ -858,7 +905,7 @@ class FoldConstants(Pass):
     def __init__(
         self,
         *,
-        max_bytes: int = 1 << 20,
+        max_bytes: int = 4096,
         size_limit_ratio: float | None = 2.0,
         growth_budget: int | None = None,
         fold_subgraphs: bool = True,

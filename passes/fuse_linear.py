@@ -27,8 +27,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .simplify_core import Rewriter, attr_int, broadcast_keeps, const_value, is_default_domain
-from .simplify_rules import Rule, known_value
+from .simplify_core import Rewriter, attr_int, broadcast_keeps, const_value, is_default_domain, known_value
+from .simplify_rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _param(rw: Rewriter, t: gs.Tensor | None, channels: int) -> Val | None:
     """A BatchNormalization parameter: a float64 vector when constant, else the (static) tensor."""
     if t is None:
         return None
-    v = _value(t)
+    v = _small_known(t)
     if v is not None:
         if v.size != channels:
             return None
@@ -166,7 +166,7 @@ def _conv_bias(rw: Rewriter, conv: gs.Node, channels: int) -> Val | str | None:
     if len(conv.inputs) < 3 or not conv.inputs[2].name:
         return None
     b = conv.inputs[2]
-    v = _value(b)
+    v = _small_known(b)
     if v is not None:
         return np.asarray(v, np.float64).reshape(-1)
     return b if rw.static(b) else "bias depends on a graph input"

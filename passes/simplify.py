@@ -312,7 +312,7 @@ class Simplify(Pass):
     name = "simplify"
     kind = Kind.NUMERIC
 
-    def __init__(self, *, max_bytes: int = 1 << 20, size_limit_ratio: float | None = 2.0,
+    def __init__(self, *, max_bytes: int = 4096, size_limit_ratio: float | None = 2.0,
                  growth_budget: int | None = None, fuse: bool = True, max_iterations: int = 10):
         self.engine = _Engine(fold=True, fuse=fuse,
                               policy=FoldPolicy(max_bytes=max_bytes, size_limit_ratio=size_limit_ratio,

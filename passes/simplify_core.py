@@ -186,6 +186,123 @@ def is_graph_input_anywhere(graph: gs.Graph, t: gs.Tensor) -> bool:
     return any(any(i is t for i in g.inputs) for g in all_graphs(graph))
 
 
+# --------------------------------------------------------------------------- lazy fills
+
+#: the largest constant scanned to see whether all its elements are equal
+_SPLAT_SCAN = 64
+
+
+def _splat_source(t: gs.Tensor, depth: int) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    if isinstance(t, gs.Constant):
+        if not is_plain(t) or const_nbytes(t) > _SPLAT_SCAN * 8:
+            return None
+        v = np.asarray(t.values)
+        if v.size == 0 or not np.all(v == v.reshape(-1)[0]) or np.isnan(v.reshape(-1)[0]).any():
+            return None
+        return v.reshape(-1)[0].reshape(()).copy(), tuple(v.shape)
+    return splat(t, depth + 1)
+
+
+def splat(t: gs.Tensor, depth: int = 0) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """``(fill, shape)`` when ``t`` is a fill computed from constants (ConstantOfShape, and Reshape /
+    (Un)Squeeze / Flatten / Expand / Identity of one): its value is known without building it.
+    Light exports (and some real ones) keep weights as such fills."""
+    if depth > 32 or isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return None
+    p = t.inputs[0]
+    if not is_default_domain(p) or len(p.outputs) != 1:
+        return None
+    try:
+        if p.op == "ConstantOfShape":
+            shape = _const_ints(p.inputs[0]) if p.inputs else None
+            if shape is None or any(d < 0 for d in shape):
+                return None
+            value = p.attrs.get("value")
+            if value is None:
+                return np.zeros((), np.float32), tuple(shape)
+            if not is_plain(value):
+                return None
+            return np.asarray(value.values).reshape(()).copy(), tuple(shape)
+        if p.op not in ("Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"):
+            return None
+        src = _splat_source(p.inputs[0], depth)
+        if src is None:
+            return None
+        fill, shape = src
+        if p.op == "Identity":
+            return fill, shape
+        if p.op == "Reshape":
+            target = _const_ints(p.inputs[1]) if len(p.inputs) > 1 else None
+            if target is None:
+                return None
+            out = _reshape_shape(shape, target, attr_int(p, "allowzero", 0))
+            return None if out is None else (fill, out)
+        if p.op == "Flatten":
+            axis = attr_int(p, "axis", 1)
+            axis = axis + len(shape) if axis < 0 else axis
+            return fill, (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+        if p.op == "Expand":
+            target = _const_ints(p.inputs[1]) if len(p.inputs) > 1 else None
+            if target is None:
+                return None
+            return fill, tuple(int(d) for d in np.broadcast_shapes(shape, tuple(target)))
+        axes = [int(a) for a in p.attrs["axes"]] if "axes" in p.attrs else (
+            _const_ints(p.inputs[1]) if len(p.inputs) > 1 and p.inputs[1].name else None)
+        if p.op == "Unsqueeze":
+            if axes is None:
+                return None
+            rank = len(shape) + len(axes)
+            axes = sorted(a + rank if a < 0 else a for a in axes)
+            out = list(shape)
+            for a in axes:
+                out.insert(a, 1)
+            return fill, tuple(out)
+        # Squeeze
+        if axes is None:
+            return fill, tuple(d for d in shape if d != 1)
+        axes = [a + len(shape) if a < 0 else a for a in axes]
+        if any(shape[a] != 1 for a in axes):
+            return None
+        return fill, tuple(d for i, d in enumerate(shape) if i not in axes)
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _const_ints(t: gs.Tensor) -> list[int] | None:
+    v = const_value(t) if t is not None and t.name else None
+    if v is None or v.dtype.kind not in "iu" or v.ndim > 1 or v.size > 64:
+        return None
+    return [int(x) for x in v.reshape(-1)]
+
+
+def _reshape_shape(shape: tuple[int, ...], target: list[int], allowzero: int) -> tuple[int, ...] | None:
+    out = [shape[i] if (d == 0 and not allowzero and i < len(shape)) else d for i, d in enumerate(target)]
+    if out.count(-1) > 1:
+        return None
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        total = int(np.prod(shape, dtype=np.int64))
+        if known == 0 or total % known:
+            return None
+        out[out.index(-1)] = total // known
+    if int(np.prod(out, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
+        return None
+    return tuple(out)
+
+
+def known_value(t: gs.Tensor | None) -> np.ndarray | None:
+    """A tensor's value when known without computing anything big: a plain constant, or a fill
+    (see :func:`splat`) returned as a read-only broadcast view that is never materialized."""
+    if t is None or not t.name:
+        return None
+    if isinstance(t, gs.Constant):
+        return const_value(t)
+    s = splat(t)
+    if s is None:
+        return None
+    return np.broadcast_to(s[0], s[1])
+
+
 # --------------------------------------------------------------------------- shapes
 
 

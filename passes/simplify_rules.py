@@ -41,9 +41,8 @@ from .simplify_core import (
     attr_int,
     broadcast_keeps,
     const_nbytes,
-    const_value,
     is_known,
-    is_plain,
+    known_value,
     slice_indices,
 )
 
@@ -70,25 +69,6 @@ _LOSSLESS = {
 def _input(node: gs.Node, i: int) -> gs.Tensor | None:
     if i < len(node.inputs) and node.inputs[i].name:
         return node.inputs[i]
-    return None
-
-
-def known_value(t: gs.Tensor | None) -> np.ndarray | None:
-    """A tensor's value when known without computing anything big: a constant, or a ConstantOfShape fill
-    of a constant shape (returned as a read-only broadcast view, never materialized)."""
-    if t is None:
-        return None
-    if isinstance(t, gs.Constant):
-        return const_value(t)
-    if len(t.inputs) == 1:
-        p = t.inputs[0]
-        if p.op == "ConstantOfShape" and p.inputs and is_plain(p.inputs[0]):
-            shape = [int(d) for d in np.asarray(p.inputs[0].values).reshape(-1)]
-            value = p.attrs.get("value")
-            if value is not None and not is_plain(value):
-                return None
-            fill = np.zeros((), np.float32) if value is None else np.asarray(value.values).reshape(())
-            return np.broadcast_to(fill, shape)
     return None
 
 

@@ -153,33 +153,39 @@ def test_training_dropout_is_never_folded():
     assert ops(out)["Dropout"] == 1
 
 
-def test_size_guard_keeps_big_fills_lazy():
+def test_size_guard_keeps_big_fills_lazy_but_folds_their_small_readers():
     shape = nh.from_array(np.array([512, 1024], np.int64), "shape")
     nodes = [h.make_node("ConstantOfShape", ["shape"], ["big"], value=nh.from_array(np.array([0.5], np.float32))),
-             h.make_node("ReduceSum", ["big"], ["s"], keepdims=0), h.make_node("Add", ["x", "s"], ["y"])]
-    # ReduceSum of a fill: an output of 4 bytes from an input of 2 MB - the fill itself is never built
-    m = model_of(nodes, [X], [Y], [shape])
+             h.make_node("ReduceSum", ["big"], ["s"], keepdims=0), h.make_node("Add", ["x", "s"], ["y"]),
+             h.make_node("Mul", ["x2", "big"], ["y2"])]
+    m = model_of(nodes, [X, h.make_tensor_value_info("x2", T.FLOAT, [512, 1024])],
+                 [Y, h.make_tensor_value_info("y2", T.FLOAT, [512, 1024])], [shape])
+    feeds = {**FEED, "x2": np.ones((512, 1024), np.float32)}
     result, out, _ = apply(m, FoldConstants())
+    # the 2 MB fill is never stored; ReduceSum of it (4 bytes) is
     assert "ConstantOfShape" in result.stats["refused_for_size"]
+    assert result.stats["folded"] == {"ReduceSum": 1}
+    assert ops(out) == Counter({"ConstantOfShape": 1, "Add": 1, "Mul": 1})
     assert out.ByteSize() < 10_000
-    assert_same(m, out, FEED)
+    assert_same(m, out, feeds)
+    check_idempotent(out, FoldConstants)
     # asked explicitly: everything folds
     result, out, _ = apply(m, FoldConstants(size_limit_ratio=None))
-    assert ops(out) == Counter({"Add": 1})
-    assert_same(m, out, FEED)
+    assert ops(out) == Counter({"Add": 1, "Mul": 1})
+    assert_same(m, out, feeds)
 
 
-def test_growth_budget_limits_total_materialization():
-    shape = nh.from_array(np.array([64, 64], np.int64), "shape")  # 16 KB each
-    nodes, outs = [], []
-    for i in range(8):
-        nodes.append(h.make_node("ConstantOfShape", ["shape"], [f"f{i}"],
-                                 value=nh.from_array(np.array([float(i)], np.float32))))
-        nodes.append(h.make_node("Add", ["x64", f"f{i}"], [f"y{i}"]))
+def test_growth_budget_caps_copies_of_shared_weights():
+    wt = nh.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "wt")  # 16 KB, read 5 times
+    nodes = [h.make_node("MatMul", ["x64", "wt"], ["keep"])]
+    outs = [h.make_tensor_value_info("keep", T.FLOAT, [64, 64])]
+    for i in range(4):
+        nodes.append(h.make_node("Transpose", ["wt"], [f"t{i}"], perm=[1, 0]))
+        nodes.append(h.make_node("Add", ["x64", f"t{i}"], [f"y{i}"]))
         outs.append(h.make_tensor_value_info(f"y{i}", T.FLOAT, [64, 64]))
-    m = model_of(nodes, [h.make_tensor_value_info("x64", T.FLOAT, [64, 64])], outs, [shape])
-    result, out, _ = apply(m, FoldConstants(growth_budget=40_000))
-    assert result.stats["folded"].get("ConstantOfShape", 0) == 2
+    m = model_of(nodes, [h.make_tensor_value_info("x64", T.FLOAT, [64, 64])], outs, [wt])
+    result, out, _ = apply(m, FoldConstants(growth_budget=40_000, inline_if=True))
+    assert result.stats["folded"].get("Transpose", 0) == 2  # 2 x 16 KB fit in 40 KB
     assert_same(m, out, {"x64": np.ones((64, 64), np.float32)})
 
 
