@@ -92,6 +92,12 @@ class RunReport:
                                                     if self.file_bytes_after is not None else "")
             + f"; {self.seconds:.1f}s"
         )
+        pack = self.extra.get("pack")
+        if pack:
+            lines.append(
+                f"packed: weights {_bytes(pack['raw_bytes'])} -> {_bytes(pack['packed_bytes'])} "
+                f"(order-0 entropy bound {_bytes(int(pack['entropy_bound_bytes']))}); file {_bytes(pack['file_bytes'])}"
+            )
         if self.validation_mode == "off":
             lines.append("validation: OFF (outputs were not compared)")
         else:

@@ -158,3 +158,25 @@ def test_entry_points(command, mlp_path, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("onnxopt: error:")
     assert "Traceback" not in bad.stderr
+
+
+def test_pack_and_unpack_round_trip(capsys, mlp_path, tmp_path):
+    packed, plain, back = tmp_path / "m.onnxpack", tmp_path / "m.onnx", tmp_path / "back.onnx"
+    assert _run(capsys, mlp_path, plain, "-q")[0] == 0
+    code, stdout, _ = _run(capsys, mlp_path, packed, "--pack")
+    assert code == 0 and "packed: weights" in stdout
+    assert packed.read_bytes()[:9] == b"ONNXOPTPK"
+    assert _run(capsys, "unpack", packed, back, "-q")[0] == 0
+    assert back.read_bytes() == plain.read_bytes()  # bit-exact restore of what --pack was given
+    # a packed file is a valid input too
+    assert _run(capsys, packed, tmp_path / "again.onnx", "-q")[0] == 0
+
+
+def test_unpack_errors(capsys, tmp_path, mlp_path):
+    bad = tmp_path / "bad.onnxpack"
+    bad.write_bytes(b"ONNXOPTPK" + b"\x00" * 40)
+    code, _, err = _run(capsys, "unpack", bad, tmp_path / "o.onnx")
+    assert code == 2 and str(bad) in _one_error_line(err)
+    assert not (tmp_path / "o.onnx").exists()
+    code, _, err = _run(capsys, "unpack", tmp_path / "missing.onnxpack", tmp_path / "o.onnx")
+    assert code == 2 and "no such file" in _one_error_line(err)
