@@ -7,6 +7,11 @@ Tensor codecs (``Codec``)::
     LZMA    raw LZMA2 (stdlib, C-backed), payload ``u8 log2(dict size) | stream``
     PLANES  byte grouping: ``u8 itemsize`` then, per byte plane, ``u8 plane codec | its header``
     REF     the same payload as an earlier record: ``uvarint record index`` (deduplication)
+    BUNDLE  small tensors of one itemsize coded together (one set of tables for all of them):
+            ``uvarint bundle bytes | u8 inner codec | inner payload``; this record's own data is the
+            bundle's first bytes
+    SLICE   a later member of a bundle: ``uvarint bundle number`` (0 = the file's first BUNDLE
+            record); its bytes follow the previous member's in that bundle
 
 Plane codecs (``PlaneCodec``): RAW (the plane's bytes), CONST (one byte: every symbol equal), RANS and
 HUFFMAN (a stream header; the stream's words are in the file's shared word sections, see lanes.py).
@@ -41,6 +46,8 @@ class Codec(enum.IntEnum):
     LZMA = 2
     PLANES = 3
     REF = 4
+    BUNDLE = 5
+    SLICE = 6
 
 
 class PlaneCodec(enum.IntEnum):
@@ -64,13 +71,14 @@ class PackOptions:
     #: more lanes mean fewer lockstep steps (faster unpacking) but more bytes
     lane_overhead: float = 0.004
     #: an entropy coder must save at least this fraction of a plane over storing it raw
-    min_gain: float = 0.01
+    min_gain: float = 0.005
     #: tensors up to this size try every LZ codec in full; larger ones are sampled first
     lz_full_trial_bytes: int = 1 << 16
     lz_sample_bytes: int = 1 << 15
     lzma_preset: int = 9
-    #: never use more lockstep steps than this (bounds unpack time for huge planes)
-    max_steps: int = 4096
+    #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
+    #: longest stream (which sets the number of numpy rounds at unpack time) stays short
+    max_steps: int = 512
 
     @staticmethod
     def from_codecs(codecs: Iterable[str] | None) -> PackOptions:
@@ -223,7 +231,9 @@ class Parsed:
     extent: int = 0  # bytes the record needs in the output buffer (padding of lanes included)
     rans: list[LaneStream] = field(default_factory=list)
     huffman: list[LaneStream] = field(default_factory=list)
-    ref: int = -1
+    ref: int = -1  # REF: the record whose payload this is; SLICE: the BUNDLE record
+    offset: int = 0  # SLICE: where this record's bytes start in the bundle
+    bundle_len: int = -1  # BUNDLE: decoded size of the whole bundle
 
 
 def parse_payload(codec: int, payload: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
@@ -271,6 +281,20 @@ def parse_payload(codec: int, payload: memoryview, raw_len: int, what: str, limi
         ref = r.uvarint()
         r.done()
         return Parsed(ref=ref, extent=0)
+    if kind is Codec.SLICE:
+        r = Reader(payload, what)
+        number = r.uvarint()
+        r.done()
+        return Parsed(ref=number, extent=0)
+    if kind is Codec.BUNDLE:
+        r = Reader(payload, what)
+        total = r.uvarint(limits.max_tensor_bytes, "bundle size")
+        inner = r.u8()
+        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE) or total < raw_len:
+            raise CorruptPackError(f"{what}: malformed bundle")
+        parsed = parse_payload(inner, r.take(r.remaining), total, what, limits)
+        parsed.bundle_len = total
+        return parsed
     return _parse_planes(payload, raw_len, what, limits)
 
 

@@ -260,3 +260,45 @@ def read_symbol_set(reader: Reader) -> list[int]:
     if len(present) != count:
         raise CorruptPackError(f"{reader.what}: symbol bitmap holds {len(present)} symbols, header says {count}")
     return present
+
+
+# --------------------------------------------------------------------------- nibble varints (small tables)
+
+
+def write_nibble_varints(out: bytearray, values: list[int]) -> None:
+    """Unsigned ints as 4-bit groups (3 value bits + a continuation bit), two nibbles per byte."""
+    nibbles: list[int] = []
+    for v in values:
+        while v >= 8:
+            nibbles.append(8 | (v & 7))
+            v >>= 3
+        nibbles.append(v)
+    if len(nibbles) % 2:
+        nibbles.append(0)
+    out += bytes(nibbles[i] | (nibbles[i + 1] << 4) for i in range(0, len(nibbles), 2))
+
+
+def read_nibble_varints(reader: Reader, count: int, limit: int) -> list[int]:
+    values: list[int] = []
+    value = shift = 0
+    while len(values) < count:
+        byte = reader.u8()
+        for nib in (byte & 15, byte >> 4):
+            if len(values) == count:
+                break
+            value |= (nib & 7) << shift
+            if nib & 8:
+                shift += 3
+                if shift > 60:
+                    raise CorruptPackError(f"{reader.what}: table value too long")
+                continue
+            if value > limit:
+                raise CorruptPackError(f"{reader.what}: table value {value} exceeds {limit}")
+            values.append(value)
+            value = shift = 0
+    return values
+
+
+def nibble_varint_bytes(values: list[int]) -> int:
+    nibbles = sum(max(1, -(-int(v).bit_length() // 3)) for v in values)
+    return (nibbles + 1) // 2

@@ -26,6 +26,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxopt.packing import huffman, rans
+from onnxopt.packing.bundles import Bundle, plan_bundles
 from onnxopt.packing.codecs import Codec, Coded, PackOptions, Parsed, choose, parse_payload
 from onnxopt.packing.entropy import byte_bound_bytes, plane_bound_bytes
 from onnxopt.packing.format import (
@@ -45,6 +46,7 @@ from onnxopt.packing.lanes import interleave_words, out_extent
 from onnxopt.packing.payload import (
     STORE_TYPES,
     Kind,
+    Payload,
     dtype_name,
     field_is_empty,
     restore_payload,
@@ -134,44 +136,81 @@ def pack_model(
             raise UsageError(str(exc)) from None
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
-    index = bytearray()
-    payloads: list[bytes] = []
-    rans_streams = []
-    huff_streams = []
-    reports: list[TensorReport] = []
-    seen: dict[bytes, int] = {}
     tensors = list(walk_tensors(skeleton))
+    taken: dict[int, Payload] = {}
     for i, t in enumerate(tensors):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise BadModelError(
                 f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first"
             )
-        taken = take_payload(t)
-        if taken is None:
+        payload = take_payload(t)
+        if payload is not None:
+            taken[i] = payload
+    # identical payloads are stored once
+    refs: dict[int, int] = {}
+    seen: dict[bytes, int] = {}
+    for i, p in taken.items():
+        if len(p.data) <= 16:
+            continue
+        key = hashlib.blake2b(p.data, digest_size=20, person=bytes([p.kind, p.store])).digest()
+        if key in seen:
+            refs[i] = seen[key]
+        else:
+            seen[key] = i
+    individual = {i: choose(p.data, p.itemsize, options) for i, p in taken.items() if i not in refs}
+    sizes = {i: (len(taken[i].data), taken[i].itemsize) for i in individual if taken[i].data}
+    bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, options))
+    head_of: dict[int, Bundle] = {b.members[0]: b for b in bundles}
+    bundle_number = {head: k for k, head in enumerate(sorted(head_of))}
+    member_of: dict[int, tuple[Bundle, int]] = {}
+    for b in bundles:
+        for m, off in zip(b.members, b.offsets):
+            member_of[m] = (b, off)
+
+    index = bytearray()
+    payloads: list[bytes] = []
+    rans_streams = []
+    huff_streams = []
+    reports: list[TensorReport] = []
+    for i, t in enumerate(tensors):
+        p = taken.get(i)
+        if p is None:
             index.append(Kind.NONE)
             continue
-        key = hashlib.blake2b(taken.data, digest_size=20, person=bytes([taken.kind, taken.store])).digest()
-        ref = seen.get(key)
-        if ref is not None and len(taken.data) > 16:
-            ref_payload = bytearray()
-            write_uvarint(ref_payload, ref)
-            coded = Coded(Codec.REF, bytes(ref_payload), label=f"ref[{tensors[ref].name}]")
+        if i in refs:
+            body = bytearray()
+            write_uvarint(body, refs[i])
+            coded = Coded(Codec.REF, bytes(body), label=f"ref[{tensors[refs[i]].name}]")
+            size = coded.size
+        elif i in member_of:
+            bundle = member_of[i][0]
+            body = bytearray()
+            if i in head_of:
+                write_uvarint(body, bundle.total)
+                body.append(bundle.coded.codec)
+                body += bundle.coded.payload
+                coded = Coded(Codec.BUNDLE, bytes(body), bundle.coded.rans, bundle.coded.huffman)
+            else:  # the offset follows from the bundle's earlier members
+                write_uvarint(body, bundle_number[bundle.members[0]])
+                coded = Coded(Codec.SLICE, bytes(body))
+            coded.label = f"bundle[{len(bundle.members)}]:{bundle.coded.label}"
+            size = round(bundle.coded.size * len(p.data) / max(bundle.total, 1))
         else:
-            seen.setdefault(key, i)
-            coded = choose(taken.data, taken.itemsize, options)
+            coded = individual[i]
+            size = coded.size
         rans_streams += coded.rans
         huff_streams += coded.huffman
         payloads.append(coded.payload)
-        _write_record(index, t, taken.kind, taken.store, coded, taken.data)
+        _write_record(index, t, p.kind, p.store, coded, p.data)
         reports.append(
             TensorReport(
                 name=t.name,
                 dtype=dtype_name(t.data_type),
                 shape=list(t.dims),
-                raw_bytes=len(taken.data),
-                packed_bytes=coded.size,
-                entropy_bound_bytes=plane_bound_bytes(taken.data, taken.itemsize),
-                byte_entropy_bound_bytes=byte_bound_bytes(taken.data),
+                raw_bytes=len(p.data),
+                packed_bytes=size,
+                entropy_bound_bytes=plane_bound_bytes(p.data, p.itemsize),
+                byte_entropy_bound_bytes=byte_bound_bytes(p.data),
                 codec=coded.label,
             )
         )
@@ -330,6 +369,9 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     parsed: list[Parsed | None] = []
     offsets: list[int] = []
     extent = 0
+    bundled = 0
+    bundle_heads: list[int] = []
+    cursors: list[int] = []
     for i, (rec, t) in enumerate(zip(records, tensors)):
         if rec.kind is Kind.NONE:
             parsed.append(None)
@@ -341,13 +383,27 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
         p = parse_payload(rec.codec, r.take(rec.packed_len), rec.raw_len, what, limits)
-        if p.ref >= 0 and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
+        if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
             raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
+        if rec.codec == Codec.SLICE:  # the next bytes of that bundle
+            if p.ref >= len(bundle_heads) or cursors[p.ref] + rec.raw_len > parsed[bundle_heads[p.ref]].bundle_len:
+                raise CorruptPackError(f"{what}: bundle slice outside its bundle")
+            p.offset = cursors[p.ref]
+            cursors[p.ref] += rec.raw_len
+            p.ref = bundle_heads[p.ref]
+        if p.bundle_len >= 0:
+            bundle_heads.append(i)
+            cursors.append(rec.raw_len)
+            bundled += p.bundle_len
+            if bundled > limits.max_total_bytes:
+                raise CorruptPackError(f"declares {bundled} bytes of bundled tensors (limit {limits.max_total_bytes})")
         parsed.append(p)
         offsets.append(extent)
         for s in p.rans + p.huffman:
             s.dest += extent
         extent += p.extent
+    if any(cursors[k] != parsed[head].bundle_len for k, head in enumerate(bundle_heads)):
+        raise CorruptPackError("a bundle holds bytes no tensor uses")
     if extent > limits.max_total_bytes + (1 << 24):
         raise CorruptPackError(f"needs a {extent}-byte buffer (limit {limits.max_total_bytes})")
     rans_streams = [s for p in parsed if p for s in p.rans]
@@ -363,7 +419,8 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     for rec, p, off in zip(records, parsed, offsets):
         if p is None or not p.fills:
             continue
-        grid = out[off : off + rec.raw_len].reshape(-1, p.itemsize)
+        size = p.bundle_len if p.bundle_len >= 0 else rec.raw_len
+        grid = out[off : off + size].reshape(-1, p.itemsize)
         for plane, fill in p.fills:
             grid[:, plane] = fill
     if not rans.decode_batch(rans_streams, rans_words, out):
@@ -371,17 +428,25 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if not huffman.decode_batch(huff_streams, huff_words, out):
         raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
     decoded: list[bytes | None] = []
-    for rec, p, off, t in zip(records, parsed, offsets, tensors):
+    bundles: dict[int, bytes] = {}
+    for i, (rec, p, off) in enumerate(zip(records, parsed, offsets)):
         if p is None:
             decoded.append(None)
             continue
-        if p.ref >= 0:
+        if rec.codec == Codec.REF:
             payload = decoded[p.ref]
-        elif p.data is not None:
-            payload = p.data
+        elif rec.codec == Codec.SLICE:
+            payload = bundles[p.ref][p.offset : p.offset + rec.raw_len]
         else:
-            payload = out[off : off + rec.raw_len].tobytes()
+            size = p.bundle_len if p.bundle_len >= 0 else rec.raw_len
+            full = p.data if p.data is not None else out[off : off + size].tobytes()
+            if p.bundle_len >= 0:
+                bundles[i] = full
+                payload = full[: rec.raw_len]
+            else:
+                payload = full
         decoded.append(payload)
+        t = tensors[i]
         if zlib.crc32(payload) != rec.crc:
             raise CorruptPackError(f"tensor {t.name!r}: checksum mismatch after decoding")
         try:

@@ -11,8 +11,12 @@ in the order the decoder reads them.
 
 Payload::
 
-    uvarint lanes | symbol set | uvarint freq per symbol but the last (the last is M - sum)
+    uvarint lanes | symbol set | u8 table precision P | freq-1 per symbol but the last, as nibble
+    varints (the last is 2**P - sum; the decoder scales all by 2**(12-P))
     | lanes x u32 initial decoder states | uvarint number of words
+
+Small planes may store a coarser table (P < 12) when that saves more table bytes than it costs in
+coded bits.
 
 The 16-bit words themselves live in the file's shared rANS word section (see lanes.py).
 
@@ -24,7 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.packing.format import CorruptPackError, Reader, read_symbol_set, write_symbol_set, write_uvarint
+from onnxopt.packing.format import (
+    CorruptPackError,
+    Reader,
+    nibble_varint_bytes,
+    read_nibble_varints,
+    read_symbol_set,
+    write_nibble_varints,
+    write_symbol_set,
+    write_uvarint,
+)
 from onnxopt.packing.lanes import EncodedStream, LaneBatch, LaneStream
 
 PRECISION = 12
@@ -33,13 +46,14 @@ LOW = 1 << 16  # lower bound of a normalized state
 STATE_BYTES = 4
 
 
-def quantize(hist: np.ndarray) -> np.ndarray:
-    """Frequencies summing to ``M`` (each present symbol >= 1) close to ``hist``'s, by greedy cost."""
+def quantize(hist: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Frequencies summing to ``2**precision`` (present symbols >= 1) close to ``hist``'s, by greedy cost."""
     hist = hist.astype(np.int64)
     present = hist > 0
     total = int(hist.sum())
-    freqs = np.where(present, np.maximum(1, (hist * M) // max(total, 1)), 0).astype(np.int64)
-    diff = M - int(freqs.sum())
+    scale = 1 << precision
+    freqs = np.where(present, np.maximum(1, (hist * scale) // max(total, 1)), 0).astype(np.int64)
+    diff = scale - int(freqs.sum())
     weights = hist.astype(np.float64)
     safe = np.maximum(freqs, 1).astype(np.float64)
     while diff != 0:
@@ -62,18 +76,44 @@ def quantize(hist: np.ndarray) -> np.ndarray:
 def coded_bits(hist: np.ndarray, freqs: np.ndarray) -> float:
     """Bits the symbols cost under ``freqs`` (excluding tables, states and word rounding)."""
     mask = hist > 0
-    return float(-(hist[mask] * np.log2(freqs[mask] / M)).sum())
+    return float(-(hist[mask] * np.log2(freqs[mask] / freqs.sum())).sum())
 
 
 def table_bytes(freqs: np.ndarray) -> int:
+    """Serialized size of a frequency table at its own precision (see :func:`encode`)."""
     present = np.flatnonzero(freqs)
-    head = 1 + (present.size if present.size <= 32 else 32)
-    return head + int(sum(1 if f < 128 else 2 for f in freqs[present[:-1]]))
+    head = 2 + (present.size if present.size <= 32 else 32)
+    return head + nibble_varint_bytes((freqs[present[:-1]] - 1).tolist())
+
+
+#: small planes try coarser tables (cheaper to store, slightly costlier symbols) down to this precision
+MIN_TABLE_PRECISION = 5
+SMALL_PLANE = 1 << 16
+
+
+def best_table(hist: np.ndarray) -> np.ndarray:
+    """Quantized frequencies (at some precision <= 12) minimizing coded bits plus table bits."""
+    best = quantize(hist)
+    n = int(hist.sum())
+    if n >= SMALL_PLANE:
+        return best
+    cost = coded_bits(hist, best) + 8 * table_bytes(best)
+    low = max(MIN_TABLE_PRECISION, int(np.count_nonzero(hist) - 1).bit_length())
+    for precision in range(PRECISION - 1, low - 1, -1):
+        freqs = quantize(hist, precision)
+        c = coded_bits(hist, freqs) + 8 * table_bytes(freqs)
+        if c < cost:
+            best, cost = freqs, c
+    return best
+
+
+def _precision_of(freqs: np.ndarray) -> int:
+    return int(freqs.sum()).bit_length() - 1
 
 
 def estimate_bytes(hist: np.ndarray, lanes: int) -> tuple[float, np.ndarray]:
     """Approximate payload size for ``lanes`` lanes, and the quantized frequencies used."""
-    freqs = quantize(hist)
+    freqs = best_table(hist)
     return coded_bits(hist, freqs) / 8 + table_bytes(freqs) + 3 * lanes + 3, freqs
 
 
@@ -81,7 +121,10 @@ def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> En
     """rANS-code a uint8 plane holding at least two distinct values, in ``lanes`` lanes."""
     n = plane.size
     if freqs is None:
-        freqs = quantize(np.bincount(plane, minlength=256))
+        freqs = best_table(np.bincount(plane, minlength=256))
+    table_precision = _precision_of(freqs)
+    stored = freqs
+    freqs = freqs << (PRECISION - table_precision)  # what the decoder works with
     lanes = max(1, min(lanes, n))
     steps = -(-n // lanes)
     pad = steps * lanes - n
@@ -106,10 +149,10 @@ def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> En
         x = (q << np.uint32(PRECISION)) + (x - q * f) + cum32[row]
     head = bytearray()
     write_uvarint(head, lanes)
-    present = np.flatnonzero(freqs)
+    present = np.flatnonzero(stored)
     write_symbol_set(head, present.tolist())
-    for f in freqs[present[:-1]]:
-        write_uvarint(head, int(f))
+    head.append(table_precision)
+    write_nibble_varints(head, (stored[present[:-1]] - 1).tolist())
     head += x.astype("<u4").tobytes()
     nwords = sum(w.size for w in words)
     write_uvarint(head, nwords)
@@ -142,11 +185,15 @@ def parse(r: Reader, n: int, max_lanes: int) -> LaneStream:
     present = read_symbol_set(r)
     if len(present) < 2:
         raise CorruptPackError(f"{r.what}: rANS table needs at least two symbols")
-    freqs = [r.uvarint(M) for _ in present[:-1]]
-    last = M - sum(freqs)
-    if min(freqs) < 1 or last < 1:
-        raise CorruptPackError(f"{r.what}: rANS frequencies do not sum to {M}")
-    freqs.append(last)
+    table_precision = r.u8()
+    if not 1 <= table_precision <= PRECISION:
+        raise CorruptPackError(f"{r.what}: rANS table precision {table_precision} out of range")
+    scale = 1 << table_precision
+    freqs = [f + 1 for f in read_nibble_varints(r, len(present) - 1, scale)]
+    last = scale - sum(freqs)
+    if last < 1:
+        raise CorruptPackError(f"{r.what}: rANS frequencies do not sum to {scale}")
+    freqs = [f << (PRECISION - table_precision) for f in [*freqs, last]]
     states = np.frombuffer(r.take(STATE_BYTES * lanes), dtype="<u4")
     steps = -(-n // lanes)
     nwords = r.uvarint(steps * lanes)
