@@ -45,6 +45,34 @@ SKELETON_CONST_LIMIT = 1024
 SYM_MAX_LEN = 16
 
 
+class IdMap:
+    """A dict keyed by object identity that keeps its keys alive (graphsurgeon objects are unhashable,
+    and a bare ``id()`` key could be reused by a new tensor once the old one is garbage collected)."""
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, obj: Any, default: Any = None) -> Any:
+        entry = self._d.get(id(obj))
+        return entry[1] if entry is not None and entry[0] is obj else default
+
+    def __setitem__(self, obj: Any, value: Any) -> None:
+        self._d[id(obj)] = (obj, value)
+
+    def __getitem__(self, obj: Any) -> Any:
+        entry = self._d[id(obj)]
+        if entry[0] is not obj:
+            raise KeyError(obj)
+        return entry[1]
+
+    def __contains__(self, obj: Any) -> bool:
+        entry = self._d.get(id(obj))
+        return entry is not None and entry[0] is obj
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 def is_default_domain(node: gs.Node) -> bool:
     return node.domain in DEFAULT_DOMAINS
 
@@ -392,8 +420,9 @@ class ShapeInfo:
     """Shapes and dtypes of tensors, from shape inference on a skeleton, without touching the graph."""
 
     def __init__(self, graph: gs.Graph, *, infer: bool = True):
-        self._shapes: dict[int, tuple | None] = {}
-        self._dtypes: dict[int, np.dtype] = {}
+        self._shapes = IdMap()
+        self._dtypes = IdMap()
+        self._alive = IdMap()
         self.untrusted: set[str] = set(UNTRUSTED_PARAMS)
         self._collect_untrusted(graph)
         if infer:
@@ -427,17 +456,17 @@ class ShapeInfo:
                     continue
                 dtype, shape = infos[t.name]
                 if dtype is not None:
-                    self._dtypes[id(t)] = dtype
+                    self._dtypes[t] = dtype
                 if shape is not None:
-                    old = self._shapes.get(id(t), t.shape)
+                    old = self._shapes.get(t, t.shape)
                     if old is None or len(old) != len(shape) or _known(shape) >= _known(old):
-                        self._shapes[id(t)] = shape
+                        self._shapes[t] = shape
         return True
 
     def raw_shape(self, t: gs.Tensor) -> tuple | None:
         if isinstance(t, gs.Constant):
             return const_shape(t)
-        shape = self._shapes.get(id(t), None)
+        shape = self._shapes.get(t, None)
         if shape is None:
             shape = None if t.shape is None else tuple(t.shape)
         return shape
@@ -454,6 +483,7 @@ class ShapeInfo:
             elif isinstance(d, str) and d not in self.untrusted:
                 out.append(d)
             else:
+                self._alive[t] = True  # the symbol embeds id(t): keep t alive so the id is never reused
                 out.append(("dim", id(t), i))
         return tuple(out)
 
@@ -471,14 +501,14 @@ class ShapeInfo:
         if isinstance(t, gs.Constant):
             return const_dtype(t)
         dt = tensor_dtype(t)
-        return dt if dt is not None else self._dtypes.get(id(t))
+        return dt if dt is not None else self._dtypes.get(t)
 
     def set(self, t: gs.Tensor, shape: tuple | None, dtype: np.dtype | None) -> None:
         """Record facts about a tensor a rewrite created."""
         if shape is not None:
-            self._shapes[id(t)] = tuple(shape)
+            self._shapes[t] = tuple(shape)
         if dtype is not None:
-            self._dtypes[id(t)] = np.dtype(dtype)
+            self._dtypes[t] = np.dtype(dtype)
 
 
 def _known(shape: Sequence) -> int:
@@ -530,7 +560,7 @@ class SymValues:
 
     def __init__(self, shapes: ShapeInfo):
         self.shapes = shapes
-        self.values: dict[int, SymVal] = {}
+        self.values = IdMap()
 
     def get(self, t: gs.Tensor) -> SymVal | None:
         if isinstance(t, gs.Constant):
@@ -539,7 +569,7 @@ class SymValues:
             arr = np.asarray(t.values)
             vals = _int_list(arr)
             return None if vals is None else (tuple(vals), arr.ndim == 0)
-        return self.values.get(id(t))
+        return self.values.get(t)
 
     def fully_known(self, t: gs.Tensor) -> bool:
         v = self.get(t)
@@ -557,7 +587,7 @@ class SymValues:
         except (IndexError, ValueError, TypeError, KeyError):
             result = None
         if result is not None and len(result[0]) <= SYM_MAX_LEN:
-            self.values[id(node.outputs[0])] = result
+            self.values[node.outputs[0]] = result
 
     def const_ints(self, t: gs.Tensor | None) -> list[int] | None:
         if t is None:
@@ -859,7 +889,7 @@ class Rewriter:
         self.folder = folder
         self.outputs: set[int] = set()
         self.inputs: set[int] = set()
-        self._static: dict[int, bool] = {}
+        self._static = IdMap()
         self.refresh_io()
 
     def refresh_io(self) -> None:
@@ -948,32 +978,32 @@ class Rewriter:
         stack = [t]
         while stack:
             cur = stack[-1]
-            if id(cur) in memo:
+            if cur in memo:
                 stack.pop()
                 continue
             if isinstance(cur, gs.Constant):
-                memo[id(cur)] = True
+                memo[cur] = True
                 stack.pop()
                 continue
             if id(cur) in self.inputs or len(cur.inputs) != 1:
-                memo[id(cur)] = False
+                memo[cur] = False
                 stack.pop()
                 continue
             producer = cur.inputs[0]
             if producer.op in _NONDETERMINISTIC or subgraphs_of(producer):
-                memo[id(cur)] = False
+                memo[cur] = False
                 stack.pop()
                 continue
-            pending = [x for x in producer.inputs if x.name and id(x) not in memo]
+            pending = [x for x in producer.inputs if x.name and x not in memo]
             if pending:
                 stack.extend(pending)
                 continue
-            memo[id(cur)] = all(memo[id(x)] for x in producer.inputs if x.name)
+            memo[cur] = all(memo[x] for x in producer.inputs if x.name)
             stack.pop()
-        return memo[id(t)]
+        return memo[t]
 
     def new_sweep(self) -> None:
-        self._static = {}
+        self._static = IdMap()
         self.refresh_io()
 
     def take_output(self, keeper: gs.Node, victim: gs.Node, index: int = 0) -> None:

@@ -24,6 +24,9 @@ when it rewrote, else the reason it does not apply. The algebra each one applies
 - unsqueeze_chain:     Unsqueeze(Unsqueeze(x, a), b)                 -> Unsqueeze(x, a+b)
 - squeeze_chain:       Squeeze(Squeeze(x, a), b)                     -> Squeeze(x, a+b)
 - squeeze_unsqueeze:   Squeeze(Unsqueeze(x, a), a) / Unsqueeze(Squeeze(x, a), a) -> x
+- reshape_static_chain: (Un)Squeeze/Flatten(R(x)) with a static output shape -> Reshape(x, shape)
+- reduce_unit:         Reduce{Mean,Sum,Max,Min,Prod}(x) over axes of size 1 -> x (keepdims) / Squeeze(x)
+- reduce_keepdims:     Unsqueeze(Reduce(x, a, keepdims=0), a)        -> Reduce(x, a, keepdims=1)
 Keeps invariant: graph input/output names; no value any surviving tensor holds changes.
 """
 
@@ -490,6 +493,94 @@ def rule_squeeze_unsqueeze(node: gs.Node, rw: Rewriter) -> str | None:
     return rw.forward(node, x)
 
 
+# --------------------------------------------------------------------------- reductions
+
+#: reductions that return their input when every reduced axis has size 1 (x/1, x*1, max(x), ...)
+_UNIT_REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+
+
+def _reduce_axes(node: gs.Node, rw: Rewriter, rank: int) -> list[int] | None:
+    """Normalized reduced axes (all axes when none are given), or None when unknown / a no-op."""
+    if "axes" in node.attrs:
+        axes = [int(a) for a in node.attrs["axes"]]
+    elif _input(node, 1) is not None:
+        axes = rw.sym.const_ints(node.inputs[1])
+        if axes is None:
+            return None
+    else:
+        axes = []
+    if not axes:
+        if attr_int(node, "noop_with_empty_axes", 0):
+            return None
+        axes = list(range(rank))
+    return _norm(axes, rank)
+
+
+def rule_reduce_unit(node: gs.Node, rw: Rewriter) -> str | None:
+    shape = rw.shapes.shape(node.inputs[0])
+    if shape is None:
+        return "rank unknown"
+    axes = _reduce_axes(node, rw, len(shape))
+    if axes is None:
+        return "axes unknown"
+    if any(shape[a] != 1 for a in axes):
+        return "reduces an axis longer than 1"
+    if attr_int(node, "keepdims", 1):
+        return rw.bypass(node)
+    # keepdims=0: the reduction only drops the unit axes
+    node.op = "Squeeze"
+    node.attrs = {}
+    x = node.inputs[0]
+    node.inputs.clear()
+    if rw.opset >= 13:
+        node.inputs.extend([x, rw.const(np.array(axes, np.int64), f"{node.name or 'Squeeze'}_axes")])
+    else:
+        node.inputs.append(x)
+        node.attrs["axes"] = axes
+    return None
+
+
+def rule_reduce_keepdims(node: gs.Node, rw: Rewriter) -> str | None:
+    inner = rw.producer(node.inputs[0])
+    if inner is None or inner.op not in _UNIT_REDUCE + ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                                                        "ReduceSumSquare") or attr_int(inner, "keepdims", 1):
+        return "input is not a reduction with keepdims=0"
+    if not rw.sole_consumer(inner.outputs[0], node):
+        return "the reduction's output has other readers"
+    rank = rw.shapes.rank(inner.inputs[0])
+    b = _axes(node, rw)
+    if rank is None or b is None:
+        return "rank or axes unknown"
+    a = _reduce_axes(inner, rw, rank)
+    nb = _norm(b, rank)
+    if a is None or nb is None or a != nb:
+        return "unsqueezes other axes than the reduced ones"
+    # Unsqueeze(Reduce(x, a, keepdims=0), a) == Reduce(x, a, keepdims=1)
+    inner.attrs["keepdims"] = 1
+    rw.take_output(inner, node)
+    return None
+
+
+_RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def rule_reshape_static_chain(node: gs.Node, rw: Rewriter) -> str | None:
+    """R2(R1(x)) with a static result shape -> Reshape(x, shape): layout ops only move no data."""
+    inner = rw.producer(node.inputs[0])
+    if inner is None or inner.op not in _RESHAPES or not inner.inputs:
+        return "input is not produced by a reshaping op"
+    out = rw.shapes.static_shape(node.outputs[0])
+    if out is None or any(d == 0 for d in out):
+        return "output shape not static"
+    target = rw.const(np.array(out, np.int64), f"{node.name or node.op}_shape")
+    x = inner.inputs[0]
+    node.op = "Reshape"
+    node.attrs = {}
+    node.inputs.clear()
+    node.inputs.extend([x, target])
+    return None
+
+
 #: op -> rules tried in order (the first that applies wins for this visit)
 RULES: dict[str, list[tuple[str, Rule]]] = {
     "Identity": [("identity", rule_identity)],
@@ -513,6 +604,10 @@ RULES: dict[str, list[tuple[str, Rule]]] = {
     "Div": [("arith_identity", rule_arith_identity)],
     "Pow": [("arith_identity", rule_arith_identity)],
     "Where": [("where_const", rule_where_const)],
-    "Unsqueeze": [("squeeze_unsqueeze", rule_squeeze_unsqueeze), ("unsqueeze_chain", rule_unsqueeze_chain)],
-    "Squeeze": [("squeeze_unsqueeze", rule_squeeze_unsqueeze), ("squeeze_chain", rule_squeeze_chain)],
+    "Unsqueeze": [("squeeze_unsqueeze", rule_squeeze_unsqueeze), ("reduce_keepdims", rule_reduce_keepdims),
+                  ("unsqueeze_chain", rule_unsqueeze_chain), ("reshape_static_chain", rule_reshape_static_chain)],
+    "Squeeze": [("squeeze_unsqueeze", rule_squeeze_unsqueeze), ("squeeze_chain", rule_squeeze_chain),
+                ("reshape_static_chain", rule_reshape_static_chain)],
+    "Flatten": [("reshape_static_chain", rule_reshape_static_chain)],
+    **{op: [("reduce_unit", rule_reduce_unit)] for op in _UNIT_REDUCE},
 }

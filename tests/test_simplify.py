@@ -30,7 +30,7 @@ RTOL, ATOL = 1e-5, 1e-6
 RNG = np.random.default_rng(0)
 
 
-def model_of(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
+def model_of(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:
     m = h.make_model(h.make_graph(nodes, "g", inputs, outputs, list(inits)),
                      opset_imports=[h.make_opsetid("", opset)])
     m.ir_version = 8
@@ -220,7 +220,24 @@ def cases() -> dict[str, Case]:
     c["squeeze_other_axes"] = Case(model_of(
         [h.make_node("Unsqueeze", ["x", "a"], ["u"]), h.make_node("Squeeze", ["u", "b"], ["q"]),
          h.make_node("Relu", ["q"], ["y"])], [vi("x", [1, 4])], [vi("y", [1, 4])], [i64("a", [0]), i64("b", [1])]),
-        "squeeze_unsqueeze", False, {"Unsqueeze": 1, "Squeeze": 1, "Relu": 1})
+        "squeeze_unsqueeze", False, {"Relu": 1})  # different axes, but the static shapes show a no-op
+    c["reduce_unit_keepdims"] = Case(model_of(
+        [h.make_node("ReduceMean", ["x", "a"], ["r"], keepdims=1), h.make_node("Relu", ["r"], ["y"])],
+        [vi("x", [3, 1, 4])], [vi("y", [3, 1, 4])], [i64("a", [1])], opset=18), "reduce_unit", True, {"Relu": 1})
+    c["reduce_unit_drop"] = Case(model_of(
+        [h.make_node("ReduceMax", ["x", "a"], ["r"], keepdims=0), h.make_node("Relu", ["r"], ["y"])],
+        [vi("x", [3, 1, 4])], [Y2], [i64("a", [1])], opset=18), "reduce_unit", True, {"Squeeze": 1, "Relu": 1})
+    c["reduce_long_axis"] = Case(model_of(
+        [h.make_node("ReduceSum", ["x", "a"], ["r"], keepdims=1), h.make_node("Relu", ["r"], ["y"])],
+        [X2], [vi("y", [3, 1])], [i64("a", [1])]), "reduce_unit", False, {"ReduceSum": 1, "Relu": 1})
+    c["reduce_keepdims"] = Case(model_of(
+        [h.make_node("ReduceMean", ["x"], ["r"], axes=[1], keepdims=0), h.make_node("Unsqueeze", ["r", "a"], ["y"])],
+        [vi("x", ["N", 4])], [vi("y", ["N", 1])], [i64("a", [1])]), "reduce_keepdims", True, {"ReduceMean": 1},
+        dims=[{"N": 2}, {"N": 5}])
+    c["reshape_static_chain"] = Case(model_of(
+        [h.make_node("Squeeze", ["x", "a"], ["q"]), h.make_node("Unsqueeze", ["q", "b"], ["y"])],
+        [vi("x", [1, 1, 4])], [vi("y", [4, 1])], [i64("a", [0, 1]), i64("b", [1])]), "reshape_static_chain", True,
+        {"Reshape": 1})
     # ------------------------------------------------------------------ fusions
     c["bn_into_conv"] = Case(model_of(
         [_conv(), h.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], epsilon=1e-3)],
