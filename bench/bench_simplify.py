@@ -265,7 +265,8 @@ def worker(tool: str, path: str, repeat: int) -> dict:
                 out = fn(model)
                 times.append(time.perf_counter() - t0)
     except Exception as exc:
-        return {"status": f"crash: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ''}",
+        first = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
+        return {"status": f"crash: {type(exc).__name__}: {first}",
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert out is not None
