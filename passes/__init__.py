@@ -20,6 +20,7 @@ BUILTIN_PASSES: list[type[Pass]] = [
     SimplifyExact,
     CommonSubexpressionElimination,
     FuseLinear,
+    __import__(f"{__name__}.prune_channels", fromlist=["PruneChannels"]).PruneChannels,
 ]
 
 #: the lossless pipeline `python -m onnxopt IN OUT` runs

@@ -78,7 +78,9 @@ class PruneChannels(Pass):
       flops_target: keep at most this fraction of the MACs (0 < f <= 1); overrides ``ratio``.
       reconstruct: re-fit layers on calibration data (least squares) when data is available.
       calibration_samples: at most this many calibration samples are streamed.
-      reconstruct_stages: layers are re-fitted in this many sequential stages.
+      reconstruct_inputs: "pruned" (default: layers re-fitted level by level on the pruned model's
+        activations, compensating upstream error) or "original" (one pass on the original model's
+        activations restricted to the kept channels: cheaper, less accurate).
       reconstruct_rows: target rows (patches) per layer for the least-squares fit.
       ridge: ridge strength toward the plainly sliced weights (relative to the mean input energy).
     """
@@ -96,10 +98,10 @@ class PruneChannels(Pass):
         layer_floor: float = 0.1,
         flops_target: float | None = None,
         reconstruct: bool = True,
-        calibration_samples: int = 32,
-        reconstruct_stages: int = 4,
+        calibration_samples: int = 16,
         reconstruct_rows: int = 8192,
         ridge: float = 1e-3,
+        reconstruct_inputs: str = "pruned",
     ):
         if not 0.0 <= float(ratio) < 1.0:
             raise UsageError(f"prune-channels: ratio must be in [0, 1), got {ratio}")
@@ -113,9 +115,8 @@ class PruneChannels(Pass):
             raise UsageError(f"prune-channels: layer_floor must be in [0, 1], got {layer_floor}")
         if flops_target is not None and not 0.0 < float(flops_target) <= 1.0:
             raise UsageError(f"prune-channels: flops_target must be in (0, 1], got {flops_target}")
-        if int(calibration_samples) < 1 or int(reconstruct_stages) < 1 or int(reconstruct_rows) < 1:
-            raise UsageError("prune-channels: calibration_samples, reconstruct_stages and reconstruct_rows "
-                             "must be >= 1")
+        if int(calibration_samples) < 1 or int(reconstruct_rows) < 1:
+            raise UsageError("prune-channels: calibration_samples and reconstruct_rows must be >= 1")
         if float(ridge) < 0:
             raise UsageError(f"prune-channels: ridge must be >= 0, got {ridge}")
         self.ratio = float(ratio)
@@ -127,9 +128,12 @@ class PruneChannels(Pass):
         self.flops_target = None if flops_target is None else float(flops_target)
         self.reconstruct = bool(reconstruct)
         self.calibration_samples = int(calibration_samples)
-        self.reconstruct_stages = int(reconstruct_stages)
         self.reconstruct_rows = int(reconstruct_rows)
         self.ridge = float(ridge)
+        if reconstruct_inputs not in ("pruned", "original"):
+            raise UsageError(f"prune-channels: reconstruct_inputs must be 'pruned' or 'original', "
+                             f"got {reconstruct_inputs!r}")
+        self.reconstruct_inputs = reconstruct_inputs
 
     def options(self) -> dict[str, Any]:
         return {
@@ -238,9 +242,10 @@ class PruneChannels(Pass):
                 saved = _snapshot(layers)
                 t1 = time.perf_counter()
                 rec = Reconstructor(layers, rows_per_layer=self.reconstruct_rows, ridge=self.ridge,
-                                    seed=context.seed, stages=self.reconstruct_stages)
-                rec.run(original, lambda: to_model(graph, like=like), data.feeds, data.count, names)
-                rec_stats.update(fitted=rec.fitted, stages=len(rec.plan()), seconds=round(time.perf_counter() - t1, 2))
+                                    seed=context.seed, x_source=self.reconstruct_inputs)
+                rec.run(original, graph, lambda: to_model(graph, like=like), data.feeds, data.count, names)
+                rec_stats.update(inputs=self.reconstruct_inputs, fitted=rec.fitted, stages=rec.stages_run,
+                                 seconds=round(time.perf_counter() - t1, 2))
                 if rec.skipped:
                     rec_stats["skipped"] = rec.skipped[:10]
                 after = summarize(compare_outputs(ref, _run(to_model(graph, like=like), eval_feeds))) \
@@ -363,17 +368,28 @@ def _ratio_for_target(selector: Selector, analysis: ChannelAnalysis, base: dict[
     return hi, True
 
 
+def _changed_tensors(analysis: ChannelAnalysis, removed: np.ndarray, roots: np.ndarray) -> set[str]:
+    """Names of tensors whose values differ from the unpruned model's (forward closure of edits)."""
+    changed_nodes = {id(e.node) for e in analysis.edits.values()
+                     if any((removed[roots[i.ids]]).any() for _, i in e.slices + e.sets)}
+    changed: set[str] = set()
+    for node in analysis.graph.nodes:
+        if id(node) in changed_nodes or any(t.name in changed for t in node.inputs if t.name):
+            changed.update(t.name for t in node.outputs if t.name)
+    return changed
+
+
 def _fit_layers(analysis: ChannelAnalysis, removed: np.ndarray, roots: np.ndarray) -> list[FitLayer]:
-    """Layers whose input lost channels, in graph order, with what each must reproduce."""
+    """Layers whose input differs from the unpruned model's (lost channels or upstream change), in
+    graph order, with what each must reproduce."""
     layers = []
     order = {id(n): i for i, n in enumerate(analysis.graph.nodes)}
+    changed = _changed_tensors(analysis, removed, roots)
     for rec in analysis.fit_layers:
         node, kind, xi, out = rec["node"], rec["kind"], rec["in"], rec["out"]
-        if xi is None or id(node) not in order:
+        if id(node) not in order or node.inputs[0].name not in changed:
             continue
-        in_keep = ~removed[roots[xi.ids]]
-        if in_keep.all():
-            continue
+        in_keep = ~removed[roots[xi.ids]] if xi is not None else None
         out_keep = ~removed[roots[out.ids]]
         w = np.asarray(node.inputs[1].values)
         if kind == "conv":
@@ -388,7 +404,7 @@ def _fit_layers(analysis: ChannelAnalysis, removed: np.ndarray, roots: np.ndarra
         else:
             d_in = int(w.shape[0])
         layer = FitLayer(node=node, kind=kind, x_name=node.inputs[0].name, y_name=node.outputs[0].name,
-                         out_keep=out_keep, d_in=d_in)
+                         out_keep=out_keep, in_keep=in_keep, in_axis=xi.axis if xi is not None else 1, d_in=d_in)
         if kind == "matmul":
             _attach_matmul_bias(layer, int(out_keep.sum()))
         layers.append(layer)

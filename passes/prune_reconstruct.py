@@ -11,8 +11,9 @@ fit streams: per sample, the layer's input rows (im2col patches at a random subs
 positions for convs) and target rows update the normal equations X^T X and X^T Y in float64;
 no activation is kept past its sample.
 
-Layers are fitted in topological *stages*: after each stage the new weights go into the pruned
-model, so later stages see inputs in which earlier reconstruction already took effect.
+Layers are fitted level by level (see :class:`Reconstructor`): after each level the new weights
+go into the pruned model, so later levels see inputs in which earlier reconstruction already took
+effect. Each stage runs only the prefix of the models that produces what it needs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class FitLayer:
     x_name: str
     y_name: str  # tensor in the original model to match (MatMul: its bias Add's output if fused below)
     out_keep: np.ndarray  # kept output channels of the original output
+    in_keep: np.ndarray | None = None  # kept input positions along the input's channel axis
+    in_axis: int = 1
     bias_node: gs.Node | None = None  # MatMul: the Add holding its bias
     bias_index: int = -1
     d_in: int = 0
@@ -103,48 +106,123 @@ def conv_patches(x: np.ndarray, y_hw: tuple[int, ...], k: list[int], s: list[int
     return np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(len(positions), -1)
 
 
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names |= _subgraph_reads(n)
+    return names
+
+
+def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` (every graph input kept), as a model.
+
+    onnxruntime computes every node whatever outputs are fetched, so a stage that needs early
+    activations only runs the prefix of the model that produces them.
+    """
+    needed = set(outputs)
+    nodes = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(i for i in node.input if i)
+            needed |= _subgraph_reads(node)
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.name = model.graph.name
+    g.node.extend(reversed(nodes))
+    g.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    g.input.extend(model.graph.input)
+    types = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    for name in outputs:
+        vi = g.output.add()
+        vi.name = name
+        if name in types and types[name].type.tensor_type.elem_type:
+            vi.type.tensor_type.elem_type = types[name].type.tensor_type.elem_type
+        else:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return m
+
+
 class Reconstructor:
-    """Streams calibration data through the original and pruned models and re-fits layers."""
+    """Streams calibration data through the original and pruned models and re-fits layers.
+
+    ``x_source="pruned"``: layers are fitted level by level - a level holds the layers that do not
+    depend on each other - so every layer sees inputs in which all upstream reconstruction already
+    took effect (He et al.): it compensates upstream error instead of learning a stale one.
+    ``x_source="original"``: one pass; each layer's input is the original activation restricted
+    to the kept channels (cheap; upstream error is not compensated).
+    """
 
     def __init__(self, layers: list[FitLayer], *, rows_per_layer: int, ridge: float, seed: int,
-                 stages: int, memory_bytes: int = 512 * 2**20):
+                 x_source: str = "pruned", memory_bytes: int = 512 * 2**20):
         self.layers = layers
+        self.x_source = x_source
         self.rows_per_layer = rows_per_layer
         self.ridge = ridge
         self.rng = np.random.default_rng(seed)
-        self.stages = max(1, stages)
         self.memory_bytes = memory_bytes
         self.fitted = 0
+        self.stages_run = 0
         self.skipped: list[str] = []
 
-    def plan(self) -> list[list[FitLayer]]:
-        """Split layers (already in graph order) into at most ``stages`` stages within the memory budget."""
-        per_stage = max(1, math.ceil(len(self.layers) / self.stages))
+    def plan(self, graph: gs.Graph) -> list[list[FitLayer]]:
+        """Stages: layers grouped by dependency level (and split to fit the memory budget)."""
+        if self.x_source == "original":
+            levels = {id(ly): 0 for ly in self.layers}
+        else:
+            by_node = {id(ly.node): ly for ly in self.layers}
+            tensor_level: dict[str, int] = {}
+            levels = {}
+            for node in graph.nodes:
+                lvl = max((tensor_level.get(t.name, 0) for t in node.inputs if t.name), default=0)
+                layer = by_node.get(id(node))
+                if layer is not None:
+                    lvl += 1
+                    levels[id(layer)] = lvl
+                for t in node.outputs:
+                    tensor_level[t.name] = lvl
         out: list[list[FitLayer]] = []
-        cur: list[FitLayer] = []
-        mem = 0
-        for layer in self.layers:
-            d = layer.d_in + 1
-            need = 8 * (d * d + d * int(layer.out_keep.sum()))
-            if cur and (len(cur) >= per_stage or mem + need > self.memory_bytes):
+        for lvl in sorted(set(levels.values())):
+            cur: list[FitLayer] = []
+            mem = 0
+            for layer in self.layers:
+                if levels.get(id(layer)) != lvl:
+                    continue
+                d = layer.d_in + 1
+                need = 8 * (d * d + d * int(layer.out_keep.sum()))
+                if cur and mem + need > self.memory_bytes:
+                    out.append(cur)
+                    cur, mem = [], 0
+                cur.append(layer)
+                mem += need
+            if cur:
                 out.append(cur)
-                cur, mem = [], 0
-            cur.append(layer)
-            mem += need
-        if cur:
-            out.append(cur)
         return out
 
-    def run(self, original: onnx.ModelProto, export: Callable[[], onnx.ModelProto],
+    def run(self, original: onnx.ModelProto, pruned: gs.Graph, export: Callable[[], onnx.ModelProto],
             feeds: Callable[[], Iterable[Feed]], n_samples: int, names: NameGen) -> None:
-        from onnxopt.activations import with_outputs
         from onnxopt.validate import OrtRunner
 
         per_sample = max(16, math.ceil(self.rows_per_layer / max(n_samples, 1)))
-        for stage in self.plan():
-            pruned = export()
-            r_orig = OrtRunner(with_outputs(original, sorted({ly.y_name for ly in stage})))
-            r_pruned = OrtRunner(with_outputs(pruned, sorted({ly.x_name for ly in stage})))
+        for stage in self.plan(pruned):
+            self.stages_run += 1
+            ys = sorted({ly.y_name for ly in stage})
+            xs = sorted({ly.x_name for ly in stage})
+            input_names = {t.name for t in original.graph.input}
+            px = [x for x in xs if x not in input_names]
+            if self.x_source == "original":
+                r_orig = OrtRunner(truncated(original, sorted(set(ys) | set(px))))
+                r_pruned = None
+            else:
+                r_orig = OrtRunner(truncated(original, ys))
+                r_pruned = OrtRunner(truncated(export(), px)) if px else None
             try:
                 for layer in stage:
                     d = layer.d_in + (1 if layer.has_bias else 0)
@@ -153,13 +231,19 @@ class Reconstructor:
                     layer.rows = 0
                 for feed in _limited(feeds(), n_samples):
                     yo = r_orig.run(feed)
-                    xp = r_pruned.run(feed)
+                    if self.x_source == "original":
+                        xp = yo
+                    else:
+                        xp = r_pruned.run(feed) if r_pruned is not None else {}
                     for layer in stage:
-                        x = feed[layer.x_name] if layer.x_name in feed else xp[layer.x_name]
-                        self._accumulate(layer, np.asarray(x), np.asarray(yo[layer.y_name]), per_sample)
+                        x = np.asarray(feed[layer.x_name] if layer.x_name in feed else xp[layer.x_name])
+                        if self.x_source == "original" and layer.in_keep is not None:
+                            x = np.compress(layer.in_keep, x, axis=layer.in_axis)
+                        self._accumulate(layer, x, np.asarray(yo[layer.y_name]), per_sample)
             finally:
                 r_orig.close()
-                r_pruned.close()
+                if r_pruned is not None:
+                    r_pruned.close()
             for layer in stage:
                 self._solve(layer, names)
                 layer.xtx = layer.xty = None
@@ -228,7 +312,8 @@ class Reconstructor:
         theta0 = np.concatenate([w0, b0[None, :]], axis=0) if layer.has_bias else w0
         a = layer.xtx / layer.rows
         rhs = layer.xty / layer.rows
-        lam = self.ridge * max(float(np.trace(a)) / a.shape[0], 1e-12)
+        # ridge toward the sliced weights; stronger when rows are few compared with unknowns
+        lam = (self.ridge + a.shape[0] / layer.rows) * max(float(np.trace(a)) / a.shape[0], 1e-12)
         a = a + lam * np.eye(a.shape[0])
         rhs = rhs + lam * theta0
         try:
