@@ -127,6 +127,37 @@ def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
             raise BadModelError(f"tensor {t.name!r}: external data file {loc!r} not found next to the model")
 
 
+def load_external_data(model: onnx.ModelProto, base_dir: Path, what: str) -> None:
+    """Read every external tensor into ``raw_data``, one tensor at a time (peak: the model + one tensor).
+
+    Offsets and lengths are checked against the file size before anything is read.
+    """
+    files: dict[str, int] = {}
+    for t in iter_tensors(model):
+        if not uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        path = base_dir / info["location"]
+        size = files.setdefault(str(path), path.stat().st_size)
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError:
+            raise BadModelError(f"{what}: tensor {t.name!r} has a non-numeric external offset/length") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise BadModelError(
+                f"{what}: tensor {t.name!r} claims bytes {offset}..{offset + length} of {info['location']!r}, "
+                f"which has {size} bytes")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                t.raw_data = f.read(length)
+        except OSError as exc:
+            raise BadModelError(f"{what}: cannot read external data {info['location']!r} ({exc.strerror})") from None
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+
+
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
@@ -170,10 +201,7 @@ def load(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
         if base_dir is None:
             raise BadModelError(f"{what}: uses external data but was not loaded from a file path")
         check_external_locations(model, base_dir)
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
-        except (OSError, ValueError) as exc:
-            raise BadModelError(f"{what}: cannot read external data ({exc})") from None
+        load_external_data(model, base_dir, what)
     if check:
         check_model(model, what)
     return model
@@ -187,12 +215,23 @@ def _load_packed_or_parse(data: bytes, what: str) -> onnx.ModelProto:
     return _parse(data, what)
 
 
+#: above this many weight bytes the checker sees a weight-less structure copy (it would copy the model twice)
+CHECK_STRUCTURE_ONLY_BYTES = 256 * 2**20
+
+
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
-    """Run the ONNX checker; models too large for an in-memory check are checked structurally only."""
-    if weight_bytes(model) > PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN:
-        return
+    """Run the ONNX checker; large models are checked on a weight-less copy of their structure."""
+    subject = model
+    if weight_bytes(model) > CHECK_STRUCTURE_ONLY_BYTES:
+        subject = structure_copy(model)
+        for t in subject.graph.initializer:
+            if t.data_type != onnx.TensorProto.STRING and not tensor_nbytes(t):
+                itemsize = max(1, onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+                del t.dims[:]
+                t.dims.append(1)
+                t.raw_data = b"\0" * itemsize
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(subject)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadModelError(f"{what}: invalid ONNX model: {first}") from None

@@ -44,14 +44,27 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
 
+def peek_values(const: gs.Constant) -> np.ndarray:
+    """A constant's value without caching it in the graph.
+
+    ``Constant.values`` replaces graphsurgeon's lazy reference to the model's TensorProto with a numpy
+    copy for good, which doubles the weight memory of a large model and makes export copy it again.
+    Read-only passes should peek instead.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    values = const._values
+    return values.load() if type(values) is LazyValues else np.asarray(values)
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a gs.Constant, or of a variable produced by a Constant node; else None."""
+    """The value of a gs.Constant, or of a variable produced by a Constant node; else None (not cached)."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return peek_values(tensor)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         attrs = tensor.inputs[0].attrs
         if "value" in attrs and isinstance(attrs["value"], gs.Constant):
-            return np.asarray(attrs["value"].values)
+            return peek_values(attrs["value"])
     return None
 
 

@@ -162,3 +162,32 @@ def test_upgrade_opset_keeps_metadata_and_answers():
 def test_weight_bytes_and_node_count(mlp):
     assert mio.weight_bytes(mlp) == (8 * 16 + 16 + 16 * 4 + 3) * 4
     assert mio.node_count(mlp) == 6
+
+
+def test_large_models_are_checked_on_their_structure(monkeypatch, mlp):
+    monkeypatch.setattr(mio, "CHECK_STRUCTURE_ONLY_BYTES", 16)
+    mio.check_model(mlp)  # valid: passes without the checker seeing the weights
+    broken = onnx.ModelProto()
+    broken.CopyFrom(mlp)
+    broken.graph.node[0].input[1] = "no_such_tensor"
+    with pytest.raises(BadModelError, match="invalid ONNX model"):
+        mio.check_model(broken)
+
+
+def test_external_data_bounds_checked(tmp_path, mlp):
+    path = _with_external(mlp, tmp_path)
+    model = onnx.load(path, load_external_data=False)
+    for e in model.graph.initializer[0].external_data:
+        if e.key == "length":
+            e.value = str(10**12)
+    onnx.save(model, path)
+    with pytest.raises(BadModelError, match="claims bytes"):
+        mio.load(path)
+
+
+def test_structure_copy_keeps_shapes_not_data(mlp):
+    copy = mio.structure_copy(mlp, min_bytes=64)
+    w1 = next(t for t in copy.graph.initializer if t.name == "w1")
+    assert list(w1.dims) == [8, 16] and not w1.raw_data and not w1.float_data
+    types = mio.infer_types(mlp)
+    assert [d.dim_value for d in types["h0"].tensor_type.shape.dim] == [1, 16]
