@@ -169,8 +169,10 @@ def optimize(
     )
     manager = PassManager(pipeline, validate=validate, tolerance=tolerance, budget=budget,
                           run_budget=run_budget, keep_going=keep_going)
+    holder = [model]
+    del model  # the manager holds the only reference: the original can be freed once a pass replaces it
     try:
-        result_model, report = manager.run(model, context, validation, report)
+        result_model, report = manager.run(holder.pop(), context, validation, report)
     except OnnxOptError as exc:
         report.ok = False
         report.error = str(exc)

@@ -79,6 +79,7 @@ class PassManager:
         report.weight_bytes_before = weight_bytes(model)
         start = time.perf_counter()
         current = model
+        del model  # only ``current`` (the snapshot) keeps the input alive
         previous_outputs: list[Outputs] | None = validation.reference if validation else None
         for p in self.passes:
             current, previous_outputs = self._run_one(p, current, context, validation, previous_outputs, report)

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
+#: validating models with more weights than this runs without weight prepacking (memory over speed)
+PREPACK_LIMIT_BYTES = 1 << 30
+
 
 class OrtRunner:
     """An onnxruntime CPU session for one model (temp file with external data past 2 GB)."""
@@ -30,7 +33,7 @@ class OrtRunner:
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True):
         import onnxruntime as ort
 
-        from onnxopt.model import needs_external_data, save
+        from onnxopt.model import needs_external_data, save, weight_bytes
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # errors surface as exceptions we report; no C++ log noise
@@ -38,6 +41,8 @@ class OrtRunner:
             opts.intra_op_num_threads = threads
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if weight_bytes(model) > PREPACK_LIMIT_BYTES:  # prepacking keeps a second copy of every weight
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         self._tmpdir = None
         if needs_external_data(model):
             self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
