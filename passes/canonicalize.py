@@ -23,7 +23,7 @@ from onnxopt.context import PassContext
 from onnxopt.passes_api import Kind, Pass, PassResult
 
 from .graph_utils import all_graphs
-from .simplify_core import const_dtype, const_shape, is_default_domain, is_plain, peek
+from .simplify_core import const_dtype, const_shape, is_default_domain, is_plain, load_values, peek
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,18 @@ def dedup_constants(graph: gs.Graph) -> int:
         for members in groups.values():
             if len(members) < 2:
                 continue
+            # values are read one at a time and not kept: a model's weights are never all copied
             by_hash: dict[bytes, list[gs.Constant]] = defaultdict(list)
-            data: dict[int, bytes] = {}
             for t in members:
-                raw = np.ascontiguousarray(np.asarray(t.values)).tobytes()
-                data[id(t)] = raw
+                raw = np.ascontiguousarray(load_values(t)).tobytes()
                 by_hash[hashlib.blake2b(raw, digest_size=16).digest()].append(t)
             for same in by_hash.values():
+                if len(same) < 2:
+                    continue
                 first = same[0]
+                first_raw = np.ascontiguousarray(load_values(first)).tobytes()
                 for t in same[1:]:
-                    if data[id(t)] == data[id(first)]:
+                    if np.ascontiguousarray(load_values(t)).tobytes() == first_raw:
                         canonical[id(t)] = first
         if not canonical:
             continue

@@ -55,6 +55,7 @@ from .simplify_core import (
     const_value,
     is_default_domain,
     is_plain,
+    load_values,
     materialize,
     slice_indices,
     splat,
@@ -233,7 +234,7 @@ def _np_constant_of_shape(node: gs.Node, v: list) -> list:
     elif not is_plain(value):
         raise FoldError("fill value of an exotic type")
     else:
-        fill = np.asarray(value.values).reshape(())
+        fill = load_values(value).reshape(())
     return [np.full(shape, fill, dtype=fill.dtype)]
 
 
@@ -519,7 +520,7 @@ class FoldPolicy:
 def _input_value(t: gs.Tensor) -> np.ndarray:
     """A constant's value, or a fill built (transiently) from its fill value and shape."""
     if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
+        return load_values(t)
     fill = splat(t)
     assert fill is not None
     return np.full(fill[1], fill[0], dtype=fill[0].dtype)
@@ -650,7 +651,7 @@ class Folder:
         if any(isinstance(t, gs.Constant) and not is_plain(t) for t in node.inputs):
             return "an input's element type has no exact numpy form (strings, 4-bit, float8)"
         if (node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name
-                and bool(np.asarray(node.inputs[2].values).any())):
+                and bool(load_values(node.inputs[2]).any())):
             return "training-mode Dropout is random"
         for sub in subgraphs_of(node):
             if foreign_inputs(sub):

@@ -27,7 +27,15 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .simplify_core import Rewriter, attr_int, broadcast_keeps, const_value, is_default_domain, known_value
+from .simplify_core import (
+    Rewriter,
+    attr_int,
+    broadcast_keeps,
+    const_nbytes,
+    const_value,
+    is_default_domain,
+    known_value,
+)
 from .simplify_rules import Rule
 
 log = logging.getLogger(__name__)
@@ -44,10 +52,11 @@ def _value(t: gs.Tensor | None) -> np.ndarray | None:
 
 
 def _small_known(t: gs.Tensor | None, limit: int = 1 << 16) -> np.ndarray | None:
+    """A known value (constant or fill view) of at most ``limit`` elements."""
+    if isinstance(t, gs.Constant) and const_nbytes(t) > limit * 8:
+        return None
     v = known_value(t)
-    if v is None or v.size > limit:
-        return _value(t)
-    return v
+    return None if v is None or v.size > limit else v
 
 
 def _base(node: gs.Node) -> str:

@@ -109,11 +109,20 @@ def is_plain(t: gs.Tensor) -> bool:
     return dt is not None and dt.kind in "biufc"
 
 
+def load_values(t: gs.Constant) -> np.ndarray:
+    """A constant's values, read without caching them in the tensor: graphsurgeon keeps a loaded copy
+    forever once ``.values`` is touched, which would double the memory a big model needs."""
+    v = peek(t)
+    if hasattr(v, "load") and not isinstance(v, np.ndarray):
+        return np.asarray(v.load())
+    return np.asarray(v)
+
+
 def const_value(t: gs.Tensor | None) -> np.ndarray | None:
-    """The value of a plain constant (see :func:`is_plain`), else None. Loads lazy values."""
+    """The value of a plain constant (see :func:`is_plain`), else None (read-only use: not cached)."""
     if t is None or not is_plain(t):
         return None
-    return np.asarray(t.values)
+    return load_values(t)
 
 
 def const_nbytes(t: gs.Constant) -> int:
@@ -224,7 +233,7 @@ def _splat_source(t: gs.Tensor, depth: int) -> tuple[np.ndarray, tuple[int, ...]
     if isinstance(t, gs.Constant):
         if not is_plain(t) or const_nbytes(t) > _SPLAT_SCAN * 8:
             return None
-        v = np.asarray(t.values)
+        v = load_values(t)
         if v.size == 0 or not np.all(v == v.reshape(-1)[0]) or np.isnan(v.reshape(-1)[0]).any():
             return None
         return v.reshape(-1)[0].reshape(()).copy(), tuple(v.shape)
@@ -250,7 +259,7 @@ def splat(t: gs.Tensor, depth: int = 0) -> tuple[np.ndarray, tuple[int, ...]] | 
                 return np.zeros((), np.float32), tuple(shape)
             if not is_plain(value):
                 return None
-            return np.asarray(value.values).reshape(()).copy(), tuple(shape)
+            return load_values(value).reshape(()).copy(), tuple(shape)
         if p.op not in ("Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"):
             return None
         src = _splat_source(p.inputs[0], depth)
@@ -566,7 +575,7 @@ class SymValues:
         if isinstance(t, gs.Constant):
             if const_nbytes(t) > SYM_MAX_LEN * 8 or not is_plain(t):
                 return None
-            arr = np.asarray(t.values)
+            arr = load_values(t)
             vals = _int_list(arr)
             return None if vals is None else (tuple(vals), arr.ndim == 0)
         return self.values.get(t)
@@ -630,7 +639,7 @@ def _sym_gather(sv: SymValues, node: gs.Node) -> SymVal | None:
         return None
     if not is_plain(idx):
         return None
-    arr = np.asarray(idx.values)
+    arr = load_values(idx)
     ids = _int_list(arr)
     if ids is None:
         return None
