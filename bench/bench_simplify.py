@@ -16,7 +16,7 @@ Tools (each run in its own subprocess, ``--repeat`` times, on the in-memory Mode
 
 Per model and tool: nodes after (all graphs), **dyn** = nodes that depend on a graph input (they run
 every inference; nodes in subgraphs count), wall time (median), peak RSS of the subprocess (MB,
-includes the Python + libraries baseline), weights after (MB), and whether the outputs equal the
+VmHWM; includes the Python + libraries baseline), weights after (MB), and whether the outputs equal the
 original's in onnxruntime on two feed sets (the second at other dynamic sizes when the model
 allows): ``ok``, ``MISMATCH``, ``invalid`` (checker or onnxruntime refuses it) or ``crash``.
 ``--conformance`` also runs the ONNX node test cases through every tool (see
@@ -129,6 +129,18 @@ TOOL_FNS = {"onnxsim": tool_onnxsim, "onnxslim": tool_onnxslim, "gs-fold": tool_
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image. VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a
+    worker started by a big parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:
@@ -270,9 +282,8 @@ def worker(tool: str, path: str, repeat: int) -> dict:
                 del work
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
-        return {"status": f"crash: {type(exc).__name__}: {first}",
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"status": f"crash: {type(exc).__name__}: {first}", "rss_mb": peak_rss_mb()}
+    rss = peak_rss_mb()
     assert out is not None
     result = {
         "seconds": statistics.median(times),
