@@ -21,6 +21,7 @@ BUILTIN_PASSES: list[type[Pass]] = [
     CommonSubexpressionElimination,
     FuseLinear,
     __import__(f"{__name__}.prune_channels", fromlist=["PruneChannels"]).PruneChannels,
+    __import__(f"{__name__}.quantize_int8", fromlist=["QuantizeInt8"]).QuantizeInt8,
 ]
 
 #: the lossless pipeline `python -m onnxopt IN OUT` runs

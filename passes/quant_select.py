@@ -1,0 +1,224 @@
+"""Which nodes stay float: the speed guard and automatic mixed precision.
+
+Speed guard. Int8 is not always faster on onnxruntime CPU: depthwise and tiny convolutions, and
+int8 islands between float ops (Q/DQ and layout transposes at every boundary) can make a model
+several times slower. Rather than trusting a cost model, candidate selections are *measured*:
+
+1. every int8 compute node gets an arithmetic intensity, MACs per activation element it reads and
+   writes (from the tensor shapes of one real calibration sample);
+2. a few selections are built: all int8, depthwise convs in float, and "keep only the nodes above
+   the 25/50/75 % intensity quantile" (elementwise nodes follow their compute neighbours);
+3. all of them and the float model are timed in one process, interleaved, medians of repeated
+   rounds; the fastest selection wins if it beats fp32 by ``margin``, else nothing is quantized.
+
+Mixed precision. Per-layer sensitivity = fidelity of the model with only that layer (its int8
+node) put back in float; layers are returned to float, most sensitive first, until the budget
+(min SQNR / cosine / top-1 agreement on the calibration samples held for it) is met; the report
+lists them one by one with the fidelity after each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.activations import stream_activations
+from onnxopt.data import Feed
+
+from .quant_graph import COMPUTE_ROLES, Plan, _const, is_depthwise
+from .quant_speed import interleaved_latency
+
+log = logging.getLogger(__name__)
+
+
+def tensor_shapes(model: onnx.ModelProto, names: Sequence[str], feed: Feed) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of ``names`` for one feed (one inference with extra outputs)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for values in stream_activations(model, list(names), [feed], desc="measuring shapes"):
+        out = {k: tuple(np.shape(v)) for k, v in values.items()}
+    return out
+
+
+@dataclass
+class NodeCost:
+    name: str
+    macs: float
+    elements: float  # activation elements read and written
+    depthwise: bool
+
+    @property
+    def intensity(self) -> float:
+        return self.macs / max(self.elements, 1.0)
+
+
+def node_costs(graph: gs.Graph, plan: Plan, shapes: dict[str, tuple[int, ...]]) -> dict[str, NodeCost]:
+    """MACs and activation traffic of every candidate int8 compute node (unknown shapes: skipped)."""
+    by_name = {n.name: n for n in graph.nodes}
+    costs: dict[str, NodeCost] = {}
+    for name, r in plan.candidates.items():
+        if r.role not in COMPUTE_ROLES:
+            continue
+        node = by_name.get(name)
+        if node is None:
+            continue
+        ys = shapes.get(node.outputs[0].name)
+        xs = [shapes.get(node.inputs[i].name) for i in r.acts]
+        if ys is None or any(x is None for x in xs):
+            continue
+        out_el = float(math.prod(ys))
+        in_el = float(sum(math.prod(x) for x in xs))  # type: ignore[arg-type]
+        if r.role == "conv":
+            w = _const(node.inputs[1])
+            k = float(math.prod(w.shape[1:])) if w is not None else 1.0
+        elif r.role in ("matmul", "gemm"):
+            w = _const(node.inputs[1])
+            trans = int(node.attrs.get("transB", 0)) if r.role == "gemm" else 0
+            k = float(w.shape[1] if trans else w.shape[0]) if w is not None else 1.0
+        else:  # matmul2: reduction over the last axis of the first input
+            k = float(xs[0][-1]) if xs[0] else 1.0  # type: ignore[index]
+        costs[name] = NodeCost(name, out_el * k, in_el + out_el, is_depthwise(node))
+    return costs
+
+
+@dataclass
+class Candidate:
+    label: str
+    float_nodes: set[str]
+    model: onnx.ModelProto | None = None
+    int8_compute: int = 0
+    seconds: float | None = None
+
+
+@dataclass
+class SpeedDecision:
+    chosen: str | None  # label of the selection kept, None: int8 loses everywhere
+    float_nodes: set[str]
+    fp32_seconds: float
+    table: list[dict] = field(default_factory=list)
+
+    def stats(self) -> dict:
+        return {
+            "chosen": self.chosen or "none (float model kept: no int8 selection was faster)",
+            "fp32_ms": round(self.fp32_seconds * 1e3, 3),
+            "candidates": self.table,
+        }
+
+
+def speed_candidates(costs: dict[str, NodeCost], base_float: set[str]) -> list[tuple[str, set[str]]]:
+    """Selections to time: all, depthwise in float, and intensity-quantile cuts."""
+    out: list[tuple[str, set[str]]] = [("all", set(base_float))]
+    dw = {n for n, c in costs.items() if c.depthwise}
+    if dw and len(dw) < len(costs):
+        out.append(("no-depthwise", base_float | dw))
+    if len(costs) >= 3:
+        vals = np.array([c.intensity for c in costs.values()])
+        seen: set[frozenset[str]] = {frozenset(s) for _, s in out}
+        for q in (25, 50, 75):
+            t = float(np.percentile(vals, q))
+            low = {n for n, c in costs.items() if c.intensity < t}
+            sel = base_float | low
+            if low and len(low) < len(costs) and frozenset(sel) not in seen:
+                seen.add(frozenset(sel))
+                out.append((f"intensity>=p{q}", sel))
+    return out
+
+
+def choose_fastest(
+    fp32: onnx.ModelProto,
+    candidates: list[Candidate],
+    feeds: Sequence[Feed],
+    *,
+    repeat: int = 25,
+    threads: int = 1,
+    margin: float = 0.03,
+    budget_s: float = 60.0,
+) -> SpeedDecision:
+    """Time the float model and every candidate interleaved; keep the fastest that beats fp32."""
+    models = [fp32] + [c.model for c in candidates]
+    t0 = time.perf_counter()
+    secs = interleaved_latency(models, feeds, repeat=repeat, threads=threads, budget_s=budget_s)
+    log.info("speed guard timing took %.1fs", time.perf_counter() - t0)
+    fp = secs[0]
+    table = []
+    for c, s in zip(candidates, secs[1:]):
+        c.seconds = s
+        table.append({"selection": c.label, "int8_compute_nodes": c.int8_compute, "ms": round(s * 1e3, 3),
+                      "ratio_vs_fp32": round(s / fp, 3)})
+    best = min(candidates, key=lambda c: c.seconds if c.seconds is not None else math.inf)
+    if best.seconds is not None and best.seconds <= fp * (1.0 - margin):
+        return SpeedDecision(best.label, best.float_nodes, fp, table)
+    return SpeedDecision(None, set(), fp, table)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+
+@dataclass
+class Budget:
+    min_sqnr: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.min_sqnr, self.min_cosine, self.min_top1))
+
+    def met(self, s: dict) -> bool:
+        if self.min_sqnr is not None and s.get("min_sqnr_db", -math.inf) < self.min_sqnr:
+            return False
+        if self.min_cosine is not None and s.get("min_cosine", -math.inf) < self.min_cosine:
+            return False
+        return not (self.min_top1 is not None and s.get("min_top1", 1.0) < self.min_top1)
+
+
+def mixed_precision(
+    evaluate: Callable[[set[str]], dict],
+    layers: Sequence[str],
+    base_float: set[str],
+    budget: Budget,
+    *,
+    max_layers: int | None = None,
+    deadline: float | None = None,
+) -> tuple[set[str], list[dict], dict]:
+    """Return float nodes meeting ``budget`` with as few layers in float as the greedy order finds.
+
+    ``evaluate(float_nodes)`` builds the model and returns its fidelity summary. Sensitivity of a
+    layer = the SQNR gain when that layer alone goes back to float.
+    """
+    current = set(base_float)
+    start = evaluate(current)
+    steps: list[dict] = [{"layer": None, **_short(start)}]
+    if budget.met(start):
+        return current, steps, start
+    gains = []
+    for name in layers:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        s = evaluate(current | {name})
+        gains.append((s.get("min_sqnr_db", -math.inf) - start.get("min_sqnr_db", -math.inf), name))
+    gains.sort(key=lambda g: -g[0])
+    last = start
+    for gain, name in gains[: max_layers or len(gains)]:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        current.add(name)
+        last = evaluate(current)
+        steps.append({"layer": name, "sensitivity_db": round(gain, 2), **_short(last)})
+        if budget.met(last):
+            break
+    return current, steps, last
+
+
+def _short(s: dict) -> dict:
+    out = {}
+    for k in ("min_sqnr_db", "min_cosine", "min_top1"):
+        if k in s and s[k] is not None:
+            out[k] = round(float(s[k]), 4)
+    return out

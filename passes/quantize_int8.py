@@ -1,0 +1,414 @@
+"""quantize-int8: static int8 quantization by QDQ insertion that onnxruntime's CPU kernels fuse.
+
+Kind: LOSSY. What it keeps invariant: graph inputs/outputs (names, dtypes, shapes), every float
+output still float; opset >= 13 (the manager upgrades first).
+
+Steps (each reported in the stats):
+1. preprocessing (``quant_prep``): Constant-node weights to initializers, BatchNorm and affine
+   Mul/Add folded into Conv, Gemm alpha/beta folded;
+2. optional cross-layer equalization (``quant_equalize``) for depthwise-separable nets;
+3. placement (``quant_graph``): which nodes run int8 and where Q/DQ go, following onnxruntime's
+   QDQ selectors; Relu/Clip absorbed, Mul/Div by constants folded into DQ scales;
+4. calibration (``quant_calib``): streamed histograms, range by minmax / percentile / entropy / mse;
+5. emission: uint8 activations, int8 symmetric per-channel weights stored quantized behind a
+   DequantizeLinear, int32 biases at ``s_x * s_w``;
+6. optional empirical bias correction (``quant_bias``);
+7. speed guard (``quant_select``): int8 against fp32 timed in this process, interleaved; regions
+   where int8 loses are put back in float; if the whole model still loses, nothing is changed;
+8. optional mixed precision (``quant_select``): per-layer sensitivity, the fewest layers kept in
+   float to meet ``min_sqnr`` / ``min_cosine`` / ``min_top1``;
+9. proof: onnxruntime's optimized graph counted (int8 kernels vs float compute left), latency
+   ratio, fidelity on samples apart from calibration when the run has them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.activations import collect_stats
+from onnxopt.context import PassContext
+from onnxopt.errors import PassError, UsageError
+from onnxopt.model import to_graph, to_model
+from onnxopt.passes_api import Kind, Pass, PassResult
+from onnxopt.validate import OrtRunner, compare_outputs, summarize
+
+from .quant_bias import bias_correct
+from .quant_calib import METHODS, QParams, compute_range, qparams_u8
+from .quant_equalize import equalize, intermediate_tensors
+from .quant_graph import (
+    COMPUTE_ROLES,
+    ELEMENTWISE_ROLES,
+    EmitOptions,
+    Plan,
+    calibration_tensors,
+    emit,
+    is_depthwise,
+    make_plan,
+    name_nodes,
+)
+from .quant_prep import prepare
+from .quant_select import Budget as MPBudget
+from .quant_select import Candidate, choose_fastest, mixed_precision, node_costs, speed_candidates, tensor_shapes
+from .quant_speed import interleaved_latency, kernel_counts
+
+log = logging.getLogger(__name__)
+
+
+#: a tensor whose calibrated range is wider than this (or not finite) is never quantized: masks of
+#: -1e4 / float-min, unbounded intermediate values; 8 bits across such a range carry nothing
+MAX_SPAN = 1e5
+#: calibration samples the pass keeps in memory for timing and mixed-precision fidelity
+HELD_SAMPLES = 8
+
+
+def _usable(r: tuple[float, float] | None) -> bool:
+    return r is not None and bool(np.isfinite(r[0]) and np.isfinite(r[1])) and (r[1] - r[0]) <= MAX_SPAN
+
+
+def _replace_graph(graph: gs.Graph, new: gs.Graph) -> None:
+    """Make ``graph`` hold ``new``'s nodes and interface (the manager exports the object it gave us)."""
+    graph.nodes = new.nodes
+    graph.inputs = new.inputs
+    graph.outputs = new.outputs
+    graph.opset = max(graph.opset or 0, new.opset or 0)
+
+
+class QuantizeInt8(Pass):
+    """Static int8 quantization in QDQ form (see the module docstring).
+
+    Options:
+      method            activation calibration: "minmax", "percentile", "entropy", "mse"
+      percentile        tail kept by "percentile" (99.999)
+      per_channel       int8 weights per output channel (True) or per tensor
+      weight_method     "minmax" (max |w|) or "mse" (per-channel clipping minimizing squared error)
+      exclude           node names or op types kept in float
+      matmul_activations quantize MatMul between two activations (attention)
+      elementwise       quantize Add/Mul/Concat/pooling/Sigmoid/Softmax when it saves Q/DQ
+      speed_guard       time int8 against fp32 and keep in float the regions where int8 loses
+      equalize          cross-layer equalization of consecutive Convs (depthwise-separable nets)
+      bias_correction   empirical bias correction of int8 Conv/Gemm/MatMul outputs
+      min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision
+      calibration_samples   use at most this many calibration samples (None: all)
+      bins              histogram bins per tensor (memory per tensor = 8 x bins bytes)
+      reduce_range      7-bit weights, for CPUs without VNNI
+      threads           onnxruntime threads for timing (1 is the steadiest on a shared machine)
+    """
+
+    name = "quantize-int8"
+    kind = Kind.LOSSY
+    min_opset = 13
+
+    def __init__(
+        self,
+        method: str = "percentile",
+        percentile: float = 99.999,
+        per_channel: bool = True,
+        weight_method: str = "minmax",
+        exclude: Sequence[str] = (),
+        matmul_activations: bool = True,
+        elementwise: bool = True,
+        speed_guard: bool = True,
+        equalize: bool = False,
+        bias_correction: bool = False,
+        min_sqnr: float | None = None,
+        min_cosine: float | None = None,
+        min_top1: float | None = None,
+        calibration_samples: int | None = None,
+        bins: int = 4096,
+        reduce_range: bool = False,
+        threads: int = 1,
+        mp_budget_s: float = 300.0,
+        min_macs: float = 2**18,
+    ):
+        if method not in METHODS:
+            raise UsageError(f"quantize-int8: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if weight_method not in ("minmax", "mse"):
+            raise UsageError(f"quantize-int8: weight_method must be minmax or mse, got {weight_method!r}")
+        if not 50.0 < float(percentile) <= 100.0:
+            raise UsageError(f"quantize-int8: percentile must be in (50, 100], got {percentile}")
+        if bins < 256 or bins % 4:
+            raise UsageError(f"quantize-int8: bins must be a multiple of 4 and >= 256, got {bins}")
+        if calibration_samples is not None and calibration_samples < 1:
+            raise UsageError(f"quantize-int8: calibration_samples must be >= 1, got {calibration_samples}")
+        if isinstance(exclude, str):
+            exclude = [e for e in exclude.split(",") if e]
+        self.method = method
+        self.percentile = float(percentile)
+        self.per_channel = bool(per_channel)
+        self.weight_method = weight_method
+        self.exclude = tuple(exclude)
+        self.matmul_activations = bool(matmul_activations)
+        self.elementwise = bool(elementwise)
+        self.speed_guard = bool(speed_guard)
+        self.equalize = bool(equalize)
+        self.bias_correction = bool(bias_correction)
+        self.min_sqnr = min_sqnr
+        self.min_cosine = min_cosine
+        self.min_top1 = min_top1
+        self.calibration_samples = calibration_samples
+        self.bins = int(bins)
+        self.reduce_range = bool(reduce_range)
+        self.threads = int(threads)
+        self.mp_budget_s = float(mp_budget_s)
+        self.min_macs = float(min_macs)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _exclusions(self, graph: gs.Graph) -> tuple[set[str], set[str]]:
+        names = {n.name for n in graph.nodes}
+        ops = {n.op for n in graph.nodes}
+        float_nodes, float_ops = set(), set()
+        for e in self.exclude:
+            if e == "depthwise":
+                float_nodes |= {n.name for n in graph.nodes if is_depthwise(n)}
+            elif e in names:
+                float_nodes.add(e)
+            elif e in ops or e[:1].isupper():
+                float_ops.add(e)
+            else:
+                raise UsageError(f"quantize-int8: exclude names {e!r}, which is neither a node nor an op type here")
+        return float_nodes, float_ops
+
+    def _calibration_feeds(self, context: PassContext):
+        source = context.calibration_feeds()
+        if context.calibration is None and not context.validation_feeds:
+            source = iter(self._synthetic(context))
+        for n, feed in enumerate(source):
+            if self.calibration_samples is not None and n >= self.calibration_samples:
+                return
+            yield feed
+
+    def _synthetic(self, context: PassContext) -> list:
+        """Seeded synthetic feeds when the run has neither calibration nor validation data."""
+        key = "quantize-int8:synthetic-feeds"
+        if key not in context.cache:
+            from onnxopt.feeds import build_validation_set
+
+            vs = build_validation_set(context.model, shapes=context.input_shapes or None, count=8,
+                                      seed=context.seed)
+            context.cache[key] = vs.feeds
+        return context.cache[key]
+
+    def qparams(self, stats: dict) -> tuple[dict[str, QParams], list[str], dict[str, tuple[float, float]]]:
+        """Quantization parameters per calibrated tensor, tensors never seen, and the ranges."""
+        out: dict[str, QParams] = {}
+        ranges: dict[str, tuple[float, float]] = {}
+        unseen: list[str] = []
+        for name, st in stats.items():
+            try:
+                lo, hi = compute_range(st, self.method, percentile=self.percentile)
+            except ValueError:
+                unseen.append(name)
+                ranges[name] = (np.nan, np.nan)
+                continue
+            ranges[name] = (lo, hi)
+            if _usable((lo, hi)):
+                out[name] = qparams_u8(lo, hi)
+        return out, unseen, ranges
+
+    def plan(self, graph: gs.Graph, float_nodes: set[str], float_ops: set[str],
+             ranges: dict[str, tuple[float, float]] | None) -> tuple[Plan, set[str]]:
+        """Placement for ``graph``; nodes that would need an unusable range are forced to float.
+
+        Returns the plan and the nodes forced to float (beyond ``float_nodes``).
+        """
+        forced: set[str] = set()
+        while True:
+            plan = make_plan(graph, float_nodes=float_nodes | forced, exclude_ops=float_ops,
+                             matmul_activations=self.matmul_activations, elementwise=self.elementwise,
+                             ranges=ranges)
+            if ranges is None:
+                return plan, forced
+            bad = {root for root in plan.roots if not _usable(ranges.get(root))}
+            if not bad:
+                return plan, forced
+            culprits = plan.nodes_touching(bad)
+            if not culprits - forced:
+                raise PassError(f"quantize-int8: cannot place Q/DQ around tensors {sorted(bad)[:3]}")
+            forced |= culprits
+
+    def _bias_layers(self, graph: gs.Graph, float_nodes: set[str], float_ops: set[str],
+                     ranges: dict[str, tuple[float, float]]) -> dict[str, int]:
+        """int8 Conv/Gemm nodes of a selection -> the channel axis of their output."""
+        plan, _ = self.plan(graph, float_nodes, float_ops, ranges)
+        by_name = {n.name: n for n in graph.nodes}
+        out = {}
+        for name in plan.int8_nodes(("conv", "gemm")):
+            out[name] = 1 if by_name[name].op == "Conv" else -1
+        return out
+
+    def build(self, prepared: onnx.ModelProto, qp: dict[str, QParams], ranges: dict[str, tuple[float, float]],
+              float_nodes: set[str], float_ops: set[str]) -> tuple[onnx.ModelProto, Plan, dict]:
+        """The QDQ model for one selection (a fresh import of the prepared float model)."""
+        g = to_graph(prepared)
+        plan, forced = self.plan(g, float_nodes, float_ops, ranges)
+        counts = emit(g, plan, qp, EmitOptions(self.per_channel, self.weight_method, self.reduce_range))
+        counts["forced_float_by_range"] = sorted(forced)
+        return to_model(g, like=prepared), plan, counts
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
+        t0 = time.perf_counter()
+        stats: dict[str, Any] = {"method": self.method}
+        if context.calibration is None:
+            stats["synthetic_calibration"] = True
+            stats["warning"] = ("no calibration data: calibrated on synthetic validation feeds; "
+                                "ranges (and fidelity) say little about real inputs")
+            log.warning("quantize-int8: no calibration data given; calibrating on synthetic feeds")
+        else:
+            stats["synthetic_calibration"] = False
+            stats["calibration_source"] = context.calibration_source
+        name_nodes(graph)
+        stats["preprocessing"] = prepare(graph)
+        float_nodes, float_ops = self._exclusions(graph)
+        base = context.model
+        prepared = to_model(graph, like=base)
+        if self.equalize:
+            inter = intermediate_tensors(graph)
+            if inter:
+                cst = collect_stats(prepared, inter, self._calibration_feeds(context), bins=256,
+                                    channel_axis=dict.fromkeys(inter, 1))
+                means = {n: s.channel_abs_mean for n, s in cst.items() if s.channel_abs_mean is not None}
+                stats["equalization"] = equalize(graph, means)
+                prepared = to_model(graph, like=base)
+        plan0, _ = self.plan(graph, float_nodes, float_ops, None)
+        if not plan0.int8_nodes(COMPUTE_ROLES + ELEMENTWISE_ROLES):
+            stats["reason"] = "no quantizable Conv/MatMul/Gemm in the main graph"
+            return PassResult(False, stats)
+
+        # calibration: one streamed pass over the calibration set, histograms only
+        names = calibration_tensors(graph, plan0)
+        t1 = time.perf_counter()
+        tstats = collect_stats(prepared, names, self._calibration_feeds(context), bins=self.bins)
+        if max((s.count for s in tstats.values()), default=0) == 0:
+            raise PassError("quantize-int8: no calibration samples (the calibration set is empty)")
+        qp, unseen, ranges = self.qparams(tstats)
+        stats["calibration"] = {
+            "tensors": len(names), "seconds": round(time.perf_counter() - t1, 3), "bins": self.bins,
+            "histogram_bytes": int(sum(s.hist.nbytes for s in tstats.values())),
+            "tensors_without_values": len(unseen),
+        }
+        del tstats
+        held = list(itertools.islice(self._calibration_feeds(context), HELD_SAMPLES))
+        timing_feeds = held[:2]
+        shapes = tensor_shapes(prepared, names, held[0]) if held else {}
+        costs = node_costs(graph, plan0, shapes)
+        tiny = {n for n, c in costs.items() if c.macs < self.min_macs and n not in float_nodes}
+        if tiny:
+            # tiny compute (squeeze-excite convs on 1x1 maps, classifier heads): no speed to gain,
+            # and their few-channel, mostly-idle activations quantize badly
+            stats["tiny_kept_float"] = len(tiny)
+            float_nodes = float_nodes | tiny
+
+        # speed guard: measured selections, the fastest one that beats fp32
+        chosen_float = set(float_nodes)
+        final_timing: dict[str, Any] | None = None
+        if self.speed_guard:
+            cands = []
+            live = {n: c for n, c in costs.items() if n not in float_nodes}
+            for label, fl in speed_candidates(live, set(float_nodes)):
+                model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
+                cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
+            decision = choose_fastest(prepared, cands, timing_feeds, threads=self.threads)
+            stats["speed_guard"] = decision.stats()
+            if decision.chosen is None:
+                stats["reason"] = "int8 was not faster than fp32 on this machine for any selection; model kept float"
+                return PassResult(False, stats)
+            chosen_float = decision.float_nodes
+            best = next(c for c in cands if c.label == decision.chosen)
+            final_timing = {"fp32_ms": round(decision.fp32_seconds * 1e3, 3),
+                            "int8_ms": round((best.seconds or 0.0) * 1e3, 3),
+                            "ratio": round((best.seconds or 0.0) / decision.fp32_seconds, 3)}
+
+        # bias correction on the chosen selection (the float model the QDQ model is built from)
+        if self.bias_correction:
+            layers = self._bias_layers(graph, chosen_float, float_ops, ranges)
+
+            def build_q(fm: onnx.ModelProto, fl: set[str] = chosen_float) -> onnx.ModelProto:
+                return self.build(fm, qp, ranges, fl, float_ops)[0]
+
+            prepared_bc, stats["bias_correction"] = bias_correct(prepared, build_q, layers, held)
+        else:
+            prepared_bc = prepared
+
+        # mixed precision: fewest layers back in float to meet the fidelity budget
+        budget = MPBudget(self.min_sqnr, self.min_cosine, self.min_top1)
+        if budget.active:
+            refs = _outputs(prepared, held)
+
+            def evaluate(fl: set[str]) -> dict:
+                m, _, _ = self.build(prepared_bc, qp, ranges, fl, float_ops)
+                return summarize(compare_outputs(refs, _outputs(m, held)))
+
+            _, plan_now = None, self.plan(graph, chosen_float, float_ops, ranges)[0]
+            layers = plan_now.int8_nodes(COMPUTE_ROLES)
+            before = set(chosen_float)
+            chosen_float, steps, last = mixed_precision(
+                evaluate, layers, chosen_float, budget, deadline=time.perf_counter() + self.mp_budget_s)
+            stats["mixed_precision"] = {
+                "budget": {k: v for k, v in vars(budget).items() if v is not None},
+                "samples": len(held), "met": budget.met(last),
+                "float_layers": sorted(chosen_float - before), "steps": steps,
+            }
+            if chosen_float != before:
+                final_timing = None
+
+        model, plan, counts = self.build(prepared_bc, qp, ranges, chosen_float, float_ops)
+        if not plan.int8_nodes():
+            stats["reason"] = "every quantizable layer was kept float (excluded, tiny, or for the fidelity budget)"
+            stats["float_nodes"] = sorted(chosen_float)
+            return PassResult(False, stats)
+        stats["emitted"] = counts
+        stats["int8_nodes"] = {"compute": len(plan.int8_nodes(COMPUTE_ROLES)), "total": len(plan.int8_nodes()),
+                               "compute_candidates": len([r for r in plan.candidates.values()
+                                                          if r.role in COMPUTE_ROLES])}
+        stats["float_nodes"] = sorted(chosen_float)
+        stats["kernels"] = kernel_counts(model)
+        if final_timing is None and timing_feeds:
+            fp, q = interleaved_latency([prepared, model], timing_feeds, repeat=15, threads=self.threads)
+            final_timing = {"fp32_ms": round(fp * 1e3, 3), "int8_ms": round(q * 1e3, 3), "ratio": round(q / fp, 3)}
+        if final_timing is not None:
+            final_timing["threads"] = self.threads
+            stats["latency"] = final_timing
+        if context.validation_feeds:
+            val = list(context.validation_feeds)[:HELD_SAMPLES]
+            stats["fidelity"] = {
+                "data": "validation samples (held apart from calibration)" if context.calibration is not None
+                else "synthetic validation samples (also used for calibration)",
+                **summarize(compare_outputs(_outputs(prepared, val), _outputs(model, val))),
+            }
+        _replace_graph(graph, to_graph(model))
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        return PassResult(True, stats)
+
+
+def _outputs(model: onnx.ModelProto, feeds) -> list[dict]:
+    r = OrtRunner(model)
+    try:
+        return [r.run(f) for f in feeds]
+    finally:
+        r.close()
+
+
+def fidelity(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds) -> dict:
+    """Worst-case cosine / SQNR / top-1 of ``candidate`` against ``reference`` on ``feeds``."""
+    ra, rb = OrtRunner(reference), OrtRunner(candidate)
+    try:
+        refs = [ra.run(f) for f in feeds]
+        outs = [rb.run(f) for f in feeds]
+    finally:
+        ra.close()
+        rb.close()
+    return summarize(compare_outputs(refs, outs))
+
+
+__all__ = ["QuantizeInt8", "fidelity"]

@@ -1,0 +1,425 @@
+"""quantize-int8: QDQ placement onnxruntime fuses, calibration methods, accuracy tools, contract.
+
+Structure is asserted on onnxruntime's *optimized* graph (which nodes became QLinearConv, QGemm,
+...), never on timings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fixtures
+import onnxopt
+from onnxopt.activations import TensorStats, collect_stats
+from onnxopt.errors import OnnxOptError, UsageError
+from onnxopt.model import to_graph, to_model
+from onnxopt.passes.quant_calib import compute_range, qparams_u8, quantize_weight, weight_scales
+from onnxopt.passes.quant_equalize import equalize, intermediate_tensors
+from onnxopt.passes.quant_speed import kernel_counts
+from onnxopt.passes.quantize_int8 import QuantizeInt8
+from onnxopt.validate import OrtRunner, compare_outputs, summarize
+
+
+def _calib(model: onnx.ModelProto, path, n: int = 10, seed: int = 100) -> str:
+    feeds = [fixtures.random_feeds(model, seed=seed + i) for i in range(n)]
+    np.savez(path, **{k: np.stack([f[k] for f in feeds]) for k in feeds[0]})
+    return str(path)
+
+
+def _quantize(model, tmp_path, **opts):
+    opts.setdefault("speed_guard", False)
+    calib = _calib(model, tmp_path / "calib.npz")
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(**opts)], calibration=calib, validate="off")
+    return res.model, res.report.passes[0]
+
+
+def _fidelity(a, b, model, seeds=range(200, 204)):
+    feeds = [fixtures.random_feeds(model, seed=s) for s in seeds]
+    return summarize(compare_outputs(OrtRunner(a).run_all(feeds), OrtRunner(b).run_all(feeds)))
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize("name,kernels", [
+    ("conv_bn_relu", {"QLinearConv": 2}),
+    ("residual_add", {"QLinearConv": 6, "QLinearAdd": 2}),
+    ("concat_branches", {"QLinearConv": 8, "QLinearConcat": 2}),
+    ("depthwise_separable", {"QLinearConv": 7}),
+    ("flatten_gemm", {"QLinearConv": 2, "QGemm": 1}),
+])
+def test_cnn_runs_int8_kernels(name, kernels, tmp_path):
+    model = fixtures.get(name)
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    onnx.checker.check_model(q, full_check=True)
+    kc = kernel_counts(q)
+    for op, n in kernels.items():
+        assert kc["int8_kernels"].get(op, 0) >= n, (op, kc)
+    assert kc["float_compute_total"] == 0, kc
+    assert entry.stats["kernels"]["int8_kernels"] == kc["int8_kernels"]
+    s = _fidelity(model, q, model)
+    assert s["min_sqnr_db"] > 25 and s["min_cosine"] > 0.995, s
+    assert [o.name for o in q.graph.output] == [o.name for o in model.graph.output]
+    assert [i.name for i in q.graph.input] == [i.name for i in model.graph.input if i.name not in _inits(model)]
+
+
+def test_weights_int8_per_channel_bias_int32_at_input_times_weight_scale(tmp_path):
+    model = fixtures.get("conv_bn_relu")
+    q, _ = _quantize(model, tmp_path, min_macs=0)
+    inits = _inits(q)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2
+    for conv in convs:
+        x_dq, w_dq, b_dq = (producers[i] for i in conv.input)
+        assert all(n.op_type == "DequantizeLinear" for n in (x_dq, w_dq, b_dq))
+        w = inits[w_dq.input[0]]
+        assert w.dtype == np.int8 and w.ndim == 4  # stored quantized, behind a DQ only
+        w_scale = inits[w_dq.input[1]]
+        assert w_scale.shape == (w.shape[0],)  # per output channel
+        assert helper.get_attribute_value(w_dq.attribute[0]) == 0  # axis 0
+        assert np.abs(w).max() <= 127 and np.all(inits[w_dq.input[2]] == 0)  # symmetric
+        b = inits[b_dq.input[0]]
+        assert b.dtype == np.int32
+        x_scale = float(inits[x_dq.input[1]])
+        np.testing.assert_allclose(inits[b_dq.input[1]], x_scale * w_scale, rtol=1e-6)
+        assert inits[x_dq.input[2]].dtype == np.uint8  # u8 activations
+    # no float weights left
+    assert not [k for k, v in inits.items() if v.dtype == np.float32 and v.size > 64]
+
+
+def test_relu_absorbed_into_q_range(tmp_path):
+    model = fixtures.get("conv_bn_relu")
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    assert entry.stats["emitted"].get("absorbed_Relu", 0) == 2
+    assert not [n for n in q.graph.node if n.op_type == "Relu"]
+    inits = _inits(q)
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear" and "Relu" in n.input[0]:
+            assert int(inits[n.input[2]]) == 0
+
+
+def test_clip_absorbed_and_mul_folded_into_scale(tmp_path):
+    # conv -> Clip(0, 6) -> Mul(0.5) -> MaxPool -> conv: the Clip is absorbed, the Mul becomes a DQ
+    # scale, the MaxPool runs on uint8
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2")
+    lo = numpy_helper.from_array(np.array(0.0, np.float32), "lo")
+    hi = numpy_helper.from_array(np.array(6.0, np.float32), "hi")
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="clip1"),
+        helper.make_node("Mul", ["r1", "half"], ["m1"], name="mul1"),
+        helper.make_node("MaxPool", ["m1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Conv", ["p1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+                          [w1, w2, lo, hi, half])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    assert entry.stats["emitted"]["scale_folded"] == 1 and entry.stats["emitted"]["absorbed_Clip"] == 1
+    assert not [n for n in q.graph.node if n.op_type in ("Clip", "Mul")]
+    inits = _inits(q)
+    qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("r1"))
+    s_r1 = float(inits[qnode.input[1]])
+    assert 255 * s_r1 <= 6.0 + 1e-5 and int(inits[qnode.input[2]]) == 0
+    dq_m1 = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "m1")
+    assert dq_m1.input[0] == qnode.output[0]
+    np.testing.assert_allclose(float(inits[dq_m1.input[1]]), 0.5 * s_r1, rtol=1e-6)
+    kc = kernel_counts(q)
+    assert kc["int8_kernels"]["QLinearConv"] == 2 and kc["int8_kernels"].get("NhwcMaxPool", 0) == 1, kc
+    assert _fidelity(model, q, model)["min_sqnr_db"] > 25
+
+
+def test_transformer_block_matmuls_and_gemms(tmp_path):
+    model = fixtures.get("attention_block")
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    kc = kernel_counts(q)
+    int8 = kc["int8_kernels"]
+    assert int8.get("QGemm", 0) + int8.get("QLinearMatMul", 0) + int8.get("MatMulIntegerToFloat", 0) >= 6, kc
+    assert kc["float_compute"].get("MatMul", 0) == 0 and kc["float_compute"].get("Gemm", 0) == 0, kc
+    assert entry.stats["preprocessing"].get("matmul_bias_to_gemm", 0) >= 1
+    s = _fidelity(model, q, model)
+    assert s["min_cosine"] > 0.99, s
+
+
+def test_attention_mask_add_stays_float(tmp_path):
+    # scores (~N(0,1)) + mask (0 / -10000): quantizing the Add would crush the scores
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(0, 0.2, (16, 16)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.2, (16, 16)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["s"], name="mm"),
+        helper.make_node("Add", ["s", "mask"], ["sm"], name="mask_add"),
+        helper.make_node("Softmax", ["sm"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "w2"], ["y"], name="mm2"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16]),
+                                       helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], [w, w2])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = []
+    for i in range(8):
+        m = np.zeros((1, 1, 16), np.float32)
+        m[..., 10 + i % 4:] = -10000.0
+        feeds.append({"x": rng.standard_normal((1, 8, 16)).astype(np.float32), "mask": m})
+    np.savez(tmp_path / "c.npz", x=np.stack([f["x"] for f in feeds]), mask=np.stack([f["mask"] for f in feeds]))
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_macs=0)],
+                           calibration=str(tmp_path / "c.npz"), validate="off")
+    q = res.model
+    add = next(n for n in q.graph.node if n.name == "mask_add")
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert producers.get(add.output[0]) == "Add" and all(producers.get(i) != "DequantizeLinear" for i in add.input[1:])
+    out = summarize(compare_outputs(OrtRunner(model).run_all(feeds), OrtRunner(q).run_all(feeds)))
+    assert out["min_cosine"] > 0.99, out
+
+
+def test_old_opset9_model(tmp_path):
+    model = fixtures.get("old_opset")
+    assert model.opset_import[0].version == 9
+    calib = _calib(model, tmp_path / "c.npz", n=10)
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_macs=0)], calibration=calib)
+    assert res.report.ok, res.report.to_text()
+    q = res.model
+    onnx.checker.check_model(q, full_check=True)
+    assert max(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert kernel_counts(q)["int8_kernels"].get("QLinearConv", 0) == 2
+
+
+def test_validated_run_reports_proof(tmp_path):
+    model = fixtures.get("residual_add")
+    calib = _calib(model, tmp_path / "c.npz", n=12)
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_macs=0)], calibration=calib)
+    entry = res.report.passes[0]
+    assert entry.status == "applied" and entry.modified
+    st = entry.stats
+    assert st["synthetic_calibration"] is False
+    assert st["kernels"]["int8_kernel_total"] > 0 and "float_compute_total" in st["kernels"]
+    assert {"fp32_ms", "int8_ms", "ratio"} <= set(st["latency"])
+    assert "held apart" in st["fidelity"]["data"] and st["fidelity"]["min_sqnr_db"] > 20
+
+
+def test_no_calibration_data_is_loud(tmp_path):
+    model = fixtures.get("conv_bn_relu")
+    for validate in ("each", "off"):  # with validation off there are no feeds at all: synthetic ones are made
+        res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_macs=0)], samples=4,
+                               validate=validate)
+        entry = res.report.passes[0]
+        assert entry.modified and entry.stats["synthetic_calibration"] is True
+        assert "synthetic" in entry.stats["warning"]
+
+
+def test_nothing_to_quantize_is_unmodified(tmp_path):
+    model = fixtures.get("int_and_bool_io")
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False)], validate="off")
+    entry = res.report.passes[0]
+    assert entry.status == "unchanged" and not entry.modified and "reason" in entry.stats
+
+
+def test_speed_guard_decision_is_consistent(tmp_path):
+    # the decision depends on this machine: assert its logic, never its timings
+    model = fixtures.get("conv_bn_relu")
+    _q, entry = _quantize(model, tmp_path, speed_guard=True, min_macs=0)
+    sg = entry.stats["speed_guard"]
+    assert sg["candidates"] and all("ratio_vs_fp32" in c for c in sg["candidates"])
+    if entry.modified:
+        chosen = next(c for c in sg["candidates"] if c["selection"] == sg["chosen"])
+        assert chosen["ratio_vs_fp32"] < 1.0
+    else:
+        assert "not faster" in entry.stats["reason"]
+
+
+def test_exclude_keeps_nodes_float(tmp_path):
+    model = fixtures.get("residual_add")
+    g = to_graph(model)
+    first_conv = next(n.name for n in g.nodes if n.op == "Conv")
+    q, entry = _quantize(model, tmp_path, exclude=[first_conv], min_macs=0)
+    assert first_conv in entry.stats["float_nodes"]
+    assert kernel_counts(q)["float_compute"].get("Conv", 0) + kernel_counts(q)["float_compute"].get(
+        "FusedConv", 0) == 1
+    q2, _ = _quantize(model, tmp_path, exclude=["Conv"], min_macs=0)
+    assert kernel_counts(q2)["int8_kernels"].get("QLinearConv", 0) == 0
+
+
+def test_tiny_layers_stay_float_by_default(tmp_path):
+    model = fixtures.get("conv_bn_relu")  # Gemm head 32 -> 10: 320 MACs
+    q, entry = _quantize(model, tmp_path)
+    assert entry.stats["tiny_kept_float"] >= 1
+    assert kernel_counts(q)["int8_kernels"].get("QGemm", 0) == 0
+
+
+# --------------------------------------------------------------------------- accuracy tools
+
+
+def test_mixed_precision_meets_budget_layer_by_layer(tmp_path):
+    model = fixtures.get("depthwise_separable")
+    q0, e0 = _quantize(model, tmp_path, min_macs=0)
+    base = e0.stats["fidelity"]["min_sqnr_db"] if "fidelity" in e0.stats else _fidelity(model, q0, model)["min_sqnr_db"]
+    target = base + 6.0
+    _q, entry = _quantize(model, tmp_path, min_macs=0, min_sqnr=target)
+    mp = entry.stats["mixed_precision"]
+    assert mp["float_layers"] and mp["steps"][0]["layer"] is None
+    assert [s["layer"] for s in mp["steps"][1:]] == mp["float_layers"] or set(
+        s["layer"] for s in mp["steps"][1:]) == set(mp["float_layers"])
+    assert all("min_sqnr_db" in s for s in mp["steps"]) and all("sensitivity_db" in s for s in mp["steps"][1:])
+    if mp["met"]:
+        assert mp["steps"][-1]["min_sqnr_db"] >= target
+    assert set(mp["float_layers"]) <= set(entry.stats["float_nodes"])
+    # a budget already met keeps everything int8
+    _q2, e2 = _quantize(model, tmp_path, min_macs=0, min_cosine=0.5)
+    assert e2.stats["mixed_precision"]["float_layers"] == []
+
+
+def _cle_model() -> onnx.ModelProto:
+    """conv 3->8 -> Relu -> depthwise 3x3 -> conv 1x1 8->16, output channels of very different scale."""
+    rng = np.random.default_rng(3)
+    gains = np.geomspace(0.01, 10.0, 8).astype(np.float32)
+    w1 = (rng.normal(0, 0.3, (8, 3, 3, 3)) * gains[:, None, None, None]).astype(np.float32)
+    b1 = (rng.normal(0, 0.1, 8) * gains).astype(np.float32)
+    w2 = (rng.normal(0, 0.3, (8, 1, 3, 3)) / gains[:, None, None, None]).astype(np.float32)
+    w3 = rng.normal(0, 0.3, (16, 8, 1, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=8, name="dw"),
+        helper.make_node("Conv", ["c2", "w3"], ["y"], name="pw"),
+    ]
+    g = helper.make_graph(nodes, "cle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_equalization_preserves_the_float_function():
+    model = _cle_model()
+    g = to_graph(model, infer=True)
+    inter = intermediate_tensors(g)
+    assert set(inter) == {"r1", "c2"}  # conv -> Relu -> depthwise, depthwise -> pointwise
+    feeds = [fixtures.random_feeds(model, seed=s) for s in range(4)]
+    st = collect_stats(model, inter, feeds, channel_axis=dict.fromkeys(inter, 1))
+    rep = equalize(g, {n: s.channel_abs_mean for n, s in st.items()})
+    assert rep["pairs_equalized"] == 2
+    after = to_model(g, like=model)
+    s = summarize(compare_outputs(OrtRunner(model).run_all(feeds), OrtRunner(after).run_all(feeds)))
+    assert s["min_sqnr_db"] > 80, s  # the same function up to float rounding
+    st2 = collect_stats(after, ["r1"], feeds, channel_axis={"r1": 1})
+    a, b = st["r1"].channel_abs_mean, st2["r1"].channel_abs_mean
+    assert b.max() / b.min() < 0.1 * (a.max() / a.min())  # channel ranges brought together
+
+
+def test_equalization_improves_int8_fidelity(tmp_path):
+    model = _cle_model()
+    q0, _ = _quantize(model, tmp_path, min_macs=0)
+    q1, e1 = _quantize(model, tmp_path, min_macs=0, equalize=True)
+    assert e1.stats["equalization"]["pairs_equalized"] == 2
+    s0, s1 = _fidelity(model, q0, model), _fidelity(model, q1, model)
+    assert s1["min_sqnr_db"] > s0["min_sqnr_db"] + 3.0, (s0, s1)
+
+
+def test_equalize_and_bias_correction_run_and_do_not_hurt(tmp_path):
+    model = fixtures.get("depthwise_separable")
+    q0, _ = _quantize(model, tmp_path, min_macs=0)
+    q1, e1 = _quantize(model, tmp_path, min_macs=0, equalize=True, bias_correction=True)
+    assert e1.stats["bias_correction"]["layers"] > 0
+    s0, s1 = _fidelity(model, q0, model), _fidelity(model, q1, model)
+    assert s1["min_sqnr_db"] > s0["min_sqnr_db"] - 1.0, (s0, s1)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _stats(x: np.ndarray, chunks: int = 20, bins: int = 4096) -> TensorStats:
+    st = TensorStats("t", bins=bins)
+    for c in np.array_split(x.astype(np.float32), chunks):
+        st.update(c)
+    return st
+
+
+def test_calibration_methods_on_known_distributions():
+    rng = np.random.default_rng(0)
+    gauss = _stats(rng.standard_normal(400_000))
+    relu = _stats(np.maximum(rng.standard_normal(400_000), 0))
+    unif = _stats(rng.uniform(0, 1, 400_000))
+    heavy = _stats(rng.standard_t(2, 400_000))
+    for st in (gauss, relu, unif, heavy):
+        mm = compute_range(st, "minmax")
+        assert mm == (min(st.min, 0.0), max(st.max, 0.0))
+        for m in ("percentile", "entropy", "mse"):
+            lo, hi = compute_range(st, m)
+            assert mm[0] - 1e-6 <= lo <= 0.0 <= hi <= mm[1] + 1e-6, (m, lo, hi)
+    # uniform data: nothing to clip
+    for m in ("percentile", "mse"):
+        assert compute_range(unif, m)[1] == pytest.approx(1.0, abs=0.01)
+    # Relu outputs stay one-sided
+    assert all(compute_range(relu, m)[0] == 0.0 for m in ("minmax", "percentile", "entropy", "mse"))
+    # the MSE-optimal 8-bit clip of a unit Gaussian is near 4 sigma (not the 4.5+ sigma maximum)
+    lo, hi = compute_range(gauss, "mse")
+    assert 3.3 < hi < 4.6 and -4.6 < lo < -3.3
+    # heavy tails get clipped by every method but minmax
+    for m in ("percentile", "entropy", "mse"):
+        assert compute_range(heavy, m)[1] < 0.8 * heavy.max
+
+
+def test_qparams_and_weights():
+    p = qparams_u8(0.0, 6.0)
+    assert p.zero_point == 0 and p.hi == pytest.approx(6.0)
+    p = qparams_u8(-1.0, 3.0)
+    assert abs(p.lo + 1.0) < p.scale and p.hi == pytest.approx(3.0, abs=p.scale)
+    assert qparams_u8(0.0, 0.0).scale == 1.0
+    w = np.random.default_rng(0).normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 100  # per-channel scales absorb very different channel ranges
+    s = weight_scales(w, 0)
+    q = quantize_weight(w, s, 0)
+    deq = q * s.reshape(-1, 1, 1, 1)
+    rel = np.abs(deq - w).max(axis=(1, 2, 3)) / np.abs(w).max(axis=(1, 2, 3))
+    assert np.all(rel <= 0.5 / 127 + 1e-6)
+    assert weight_scales(np.zeros((2, 3), np.float32), 0).tolist() == [1.0, 1.0]
+
+
+def test_calibration_memory_is_bounded_by_bins(tmp_path):
+    model = fixtures.get("conv_bn_relu")
+    small, big = (onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False)],
+                                   calibration=_calib(model, tmp_path / f"c{n}.npz", n=n), validate="off")
+                  for n in (4, 40))
+    a = small.report.passes[0].stats["calibration"]
+    b = big.report.passes[0].stats["calibration"]
+    assert a["histogram_bytes"] == b["histogram_bytes"] == a["tensors"] * 4096 * 8
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_options_are_clear():
+    with pytest.raises(UsageError, match="method"):
+        QuantizeInt8(method="kl")
+    with pytest.raises(UsageError, match="percentile"):
+        QuantizeInt8(method="percentile", percentile=20)
+    with pytest.raises(UsageError, match="bins"):
+        QuantizeInt8(bins=1001)
+    with pytest.raises(UsageError, match="weight_method"):
+        QuantizeInt8(weight_method="max")
+
+
+def test_unknown_exclude_name_fails_the_pass(tmp_path):
+    model = fixtures.get("conv_bn_relu")
+    with pytest.raises(OnnxOptError, match="no_such_node"):
+        onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, exclude=["no_such_node"])],
+                         calibration=_calib(model, tmp_path / "c.npz"), validate="off")
+
+
+def test_registered_with_cli_name():
+    from onnxopt.registry import builtin_passes, make_pass
+
+    assert "quantize-int8" in builtin_passes()
+    p = make_pass("quantize-int8", method="mse", per_channel=False)
+    assert p.method == "mse" and not p.per_channel
