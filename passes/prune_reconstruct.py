@@ -189,6 +189,11 @@ class Reconstructor:
                 for t in node.outputs:
                     tensor_level[t.name] = lvl
         out: list[list[FitLayer]] = []
+        for layer in self.layers:
+            d = layer.d_in + 1
+            if 8 * d * d > self.memory_bytes:
+                levels.pop(id(layer), None)
+                self.skipped.append(f"{layer.node.name}: {layer.d_in} inputs, too wide to refit in memory")
         for lvl in sorted(set(levels.values())):
             cur: list[FitLayer] = []
             mem = 0
@@ -211,6 +216,7 @@ class Reconstructor:
         from onnxopt.validate import OrtRunner
 
         per_sample = max(16, math.ceil(self.rows_per_layer / max(n_samples, 1)))
+        self.skipped.clear()
         for stage in self.plan(pruned):
             self.stages_run += 1
             ys = sorted({ly.y_name for ly in stage})

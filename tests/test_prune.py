@@ -246,7 +246,7 @@ def test_exact_on_bundled_architectures(arch):
 
 def test_structure_conv_bn_relu():
     model = fixtures.get("conv_bn_relu")
-    res, out = run_pass(model, PruneChannels(ratio=0.5, reconstruct=False))
+    res, out = run_pass(model, PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     assert res.modified
     assert sorted(conv_channels(out).values()) == [(8, 3), (16, 8)]
     bn = [n for n in out.graph.node if n.op_type == "BatchNormalization"]
@@ -262,7 +262,7 @@ def test_structure_conv_bn_relu():
 
 
 def test_residual_coupling_keeps_streams_equal():
-    res, out = run_pass(fixtures.get("residual_add"), PruneChannels(ratio=0.5, reconstruct=False))
+    res, out = run_pass(fixtures.get("residual_add"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     ch = conv_channels(out)
     # stem conv_0 and the identity block's second conv write one residual stream: same count
     assert ch["conv_0"][0] == ch["conv_2"][0] == 8
@@ -277,7 +277,7 @@ def test_concat_offsets_and_depthwise_groups():
     ch = conv_channels(out)
     # the conv after the fire Concat reads both expand branches
     assert ch["conv_4"][1] == ch["conv_2"][0] + ch["conv_3"][0]
-    _, out = run_pass(fixtures.get("depthwise_separable"), PruneChannels(ratio=0.5, reconstruct=False))
+    _, out = run_pass(fixtures.get("depthwise_separable"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     for n in out.graph.node:
         if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute):
             w = {t.name: t for t in out.graph.initializer}[n.input[1]]
@@ -286,7 +286,7 @@ def test_concat_offsets_and_depthwise_groups():
 
 
 def test_flatten_gemm_maps_channel_blocks():
-    _, out = run_pass(fixtures.get("flatten_gemm"), PruneChannels(ratio=0.5, reconstruct=False))
+    _, out = run_pass(fixtures.get("flatten_gemm"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     ch = conv_channels(out)
     gemm = next(n for n in out.graph.node if n.op_type == "Gemm")
     w = next(t for t in out.graph.initializer if t.name == gemm.input[1])
@@ -296,7 +296,7 @@ def test_flatten_gemm_maps_channel_blocks():
 
 
 def test_explicit_reshape_target_rewritten():
-    _, out = run_pass(explicit_reshape_model(), PruneChannels(ratio=0.5, reconstruct=False))
+    _, out = run_pass(explicit_reshape_model(), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     shape = next(numpy_helper.to_array(t) for t in out.graph.initializer
                  if t.name == next(n for n in out.graph.node if n.op_type == "Reshape").input[1])
     assert shape.tolist() == [1, 8 * 64]
@@ -304,7 +304,7 @@ def test_explicit_reshape_target_rewritten():
 
 def test_dynamic_shapes_survive():
     model = fixtures.get("dynamic_batch")
-    _, out = run_pass(model, PruneChannels(ratio=0.5, reconstruct=False))
+    _, out = run_pass(model, PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     for hw in ((24, 40), (64, 48)):
         feed = {"images": np.random.default_rng(0).standard_normal((2, 3, *hw)).astype(np.float32)}
         res = OrtRunner(out).run(feed)
@@ -316,7 +316,7 @@ def test_dynamic_shapes_survive():
 
 
 def test_unknown_op_blocks_its_group():
-    res, out = run_pass(unknown_op_model(), PruneChannels(ratio=0.5, reconstruct=False))
+    res, out = run_pass(unknown_op_model(), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     assert res.modified
     ch = conv_channels(out)
     assert ch["conv0"][0] == 16  # group behind LpNormalization untouched
@@ -327,7 +327,7 @@ def test_unknown_op_blocks_its_group():
 
 
 def test_attention_heads_block_but_mlp_prunes():
-    res, _ = run_pass(fixtures.get("attention_block"), PruneChannels(ratio=0.5, reconstruct=False))
+    res, _ = run_pass(fixtures.get("attention_block"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
     assert res.modified
     reasons = " ".join(b["reason"] for b in res.stats["blocked"])
     assert "splits the channel axis" in reasons
@@ -361,12 +361,23 @@ def test_round_keep():
 
 
 def test_multiple_of_eight_rounding():
-    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, reconstruct=False))
+    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=8, reconstruct=False))
     ch = conv_channels(out)
     assert ch["conv0"] == (32, 3) and ch["conv1"] == (32, 32)
+    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=16, reconstruct=False))
+    ch = conv_channels(out)
+    assert ch["conv0"] == (32, 3) and ch["conv1"] == (32, 32)  # 33.6 -> 32, 28 -> 32 (ties keep more)
     _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=1, reconstruct=False))
     ch = conv_channels(out)
     assert ch["conv0"][0] == 34 and ch["conv1"][0] == 28
+
+
+def test_round_to_auto_matches_ort_block():
+    from passes.prune_channels import nchwc_block_size
+
+    assert nchwc_block_size() in (8, 16)
+    assert PruneChannels().round_to == nchwc_block_size()
+    assert PruneChannels(round_to="auto").round_to % 8 == 0
 
 
 def test_global_ranking_respects_floor():
@@ -391,7 +402,8 @@ def test_flops_target():
 def test_importance_criteria(importance):
     model = fixtures.get("conv_bn_relu")
     calib = [fixtures.random_feeds(model, seed=i) for i in range(6)]
-    res, _ = run_pass(model, PruneChannels(ratio=0.5, importance=importance, reconstruct=False), calib=calib)
+    res, _ = run_pass(model, PruneChannels(ratio=0.5, round_to=8, importance=importance, reconstruct=False),
+                      calib=calib)
     assert res.modified and res.stats["options"]["importance"] == importance
     assert "importance_fallback_groups" not in res.stats
 
@@ -406,7 +418,8 @@ def test_ratio_zero_is_unmodified():
 
 
 def test_bad_options():
-    for kw in ({"ratio": 1.0}, {"ratio": -0.1}, {"importance": "taylor"}, {"round_to": 0}, {"flops_target": 0.0},
+    for kw in ({"ratio": 1.0}, {"ratio": -0.1}, {"importance": "taylor"}, {"round_to": 0}, {"round_to": "16"},
+               {"flops_target": 0.0},
                {"reconstruct_inputs": "both"}):
         with pytest.raises(UsageError):
             PruneChannels(**kw)
@@ -427,7 +440,7 @@ def demo_calib(tmp_path):
 
 def test_reconstruction_raises_sqnr(demo_calib):
     model = fixtures.get("demo")
-    result = optimize(model, passes=[PruneChannels(ratio=0.5)], calibration=demo_calib, budget=LOOSE)
+    result = optimize(model, passes=[PruneChannels(ratio=0.5, round_to=8)], calibration=demo_calib, budget=LOOSE)
     entry = result.report.passes[0]
     assert entry.status == "applied", entry.message
     fid, rec = entry.stats["fidelity"], entry.stats["reconstruction"]
@@ -441,7 +454,7 @@ def test_reconstruction_raises_sqnr(demo_calib):
 
 def test_reconstruction_original_inputs(demo_calib):
     model = fixtures.get("demo")
-    result = optimize(model, passes=[PruneChannels(ratio=0.5, reconstruct_inputs="original")],
+    result = optimize(model, passes=[PruneChannels(ratio=0.5, round_to=8, reconstruct_inputs="original")],
                       calibration=demo_calib, budget=LOOSE)
     fid = result.report.passes[0].stats["fidelity"]
     assert fid["sqnr_db_reconstructed"] > fid["sqnr_db_pruned"]
@@ -453,9 +466,11 @@ def test_optimize_lossy_budget_and_keep_going(demo_calib, tmp_path):
     from onnxopt.errors import ValidationError
 
     with pytest.raises(ValidationError, match="prune-channels"):
-        optimize(model, passes=[PruneChannels(ratio=0.5, reconstruct=False)], calibration=demo_calib, budget=strict)
+        optimize(model, passes=[PruneChannels(ratio=0.5, round_to=8, reconstruct=False)], calibration=demo_calib,
+                 budget=strict)
     out = tmp_path / "out.onnx"
-    result = optimize(model, out, passes=[PruneChannels(ratio=0.5, reconstruct=False)], calibration=demo_calib,
+    result = optimize(model, out, passes=[PruneChannels(ratio=0.5, round_to=8, reconstruct=False)],
+                      calibration=demo_calib,
                       budget=strict, keep_going=True)
     assert result.report.passes[0].status == "rolled-back"
     assert onnx.load(out).graph.node  # unpruned model written
@@ -464,7 +479,7 @@ def test_optimize_lossy_budget_and_keep_going(demo_calib, tmp_path):
 def test_without_any_data_uses_synthetic_feeds():
     model = fixtures.get("conv_bn_relu")
     g = gs.import_onnx(model)
-    res = PruneChannels(ratio=0.5).run(g, PassContext(model=model))
+    res = PruneChannels(ratio=0.5, round_to=8).run(g, PassContext(model=model))
     assert res.modified
     assert res.stats["calibration"].startswith("synthetic")
     assert res.stats["reconstruction"]["fitted"] > 0

