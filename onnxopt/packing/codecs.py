@@ -1,20 +1,22 @@
 """Codec registry: how one tensor payload is coded, how the codec is chosen, and how it is parsed back.
 
-Tensor codecs (``Codec``)::
+A coded payload has two parts: *meta* (codec parameters, coder tables, lane states; small, stored
+inside the compressed index, where similar tables of many tensors compress together) and *bulk*
+(everything else, stored in the payload section). Tensor codecs (``Codec``), as ``meta / bulk``::
 
-    RAW     the bytes as they are
-    ZLIB    zlib level 9 (wins on tensors with repeats: lookup tables, STFT bases, shape constants)
-    LZMA    raw LZMA2 (stdlib, C-backed), payload ``u8 log2(dict size) | stream``
-    PLANES  byte grouping: ``u8 itemsize`` then, per byte plane, ``u8 plane codec | its header``
-    REF     the same payload as an earlier record: ``uvarint record index`` (deduplication)
-    BUNDLE  small tensors of one itemsize coded together (one set of tables for all of them):
-            ``uvarint bundle bytes | u8 inner codec | inner payload``; this record's own data is the
+    RAW     - / the bytes as they are
+    ZLIB    - / zlib level 9 stream (wins on tensors with repeats: lookup tables, STFT bases, shapes)
+    LZMA    u8 log2(dictionary size) / raw LZMA2 stream (stdlib, C-backed)
+    PLANES  u8 itemsize, then per byte plane u8 plane codec + its meta / the RAW planes' bytes
+    REF     uvarint index of an earlier record with the same payload / - (deduplication)
+    BUNDLE  uvarint bundle bytes, u8 inner codec, inner meta / inner bulk: small tensors of one
+            itemsize coded together (one set of tables for all); this record's data is the
             bundle's first bytes
-    SLICE   a later member of a bundle: ``uvarint bundle number`` (0 = the file's first BUNDLE
-            record); its bytes follow the previous member's in that bundle
+    SLICE   uvarint bundle number (0 = the file's first BUNDLE record) / -: a later member of a
+            bundle, whose bytes follow the previous member's
 
-Plane codecs (``PlaneCodec``): RAW (the plane's bytes), CONST (one byte: every symbol equal), RANS and
-HUFFMAN (a stream header; the stream's words are in the file's shared word sections, see lanes.py).
+Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
+HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
 
 Selection tries the candidates and keeps the smallest. Expensive trials are pruned: entropy-coder sizes
 are estimated exactly enough from histograms and only the winner is run (both when they are close),
@@ -69,13 +71,18 @@ class PackOptions:
     codecs: frozenset[str] = frozenset(CODEC_NAMES)
     #: lanes are added until their state overhead reaches this fraction of the tensor's coded size;
     #: more lanes mean fewer lockstep steps (faster unpacking) but more bytes
-    lane_overhead: float = 0.004
+    lane_overhead: float = 0.0015
     #: an entropy coder must save at least this fraction of a plane over storing it raw
     min_gain: float = 0.005
+    #: Huffman is chosen over rANS only when smaller by this fraction (and 64 bytes): each coder
+    #: used in a file costs one lockstep pass when unpacking
+    huffman_margin: float = 0.02
     #: tensors up to this size try every LZ codec in full; larger ones are sampled first
     lz_full_trial_bytes: int = 1 << 16
     lz_sample_bytes: int = 1 << 15
     lzma_preset: int = 9
+    #: LZMA is tried only where zlib came within this factor of the best codec so far
+    lzma_probe: float = 1.08
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
@@ -96,14 +103,17 @@ class Coded:
     """One tensor payload after coding."""
 
     codec: Codec
-    payload: bytes
+    meta: bytes = b""
+    bulk: bytes = b""
     rans: list[EncodedStream] = field(default_factory=list)
     huffman: list[EncodedStream] = field(default_factory=list)
     label: str = ""
 
     @property
     def size(self) -> int:
-        return len(self.payload) + sum(s.word_bytes for s in self.rans) + sum(s.word_bytes for s in self.huffman)
+        """Bytes it occupies (meta counted uncompressed)."""
+        words = sum(s.word_bytes for s in self.rans) + sum(s.word_bytes for s in self.huffman)
+        return len(self.meta) + len(self.bulk) + words
 
 
 # --------------------------------------------------------------------------- encoding
@@ -113,10 +123,10 @@ def _lzma_filters(dict_log2: int) -> list[dict]:
     return [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << dict_log2}]
 
 
-def _lzma_encode(data: bytes, preset: int) -> bytes:
+def _lzma_encode(data: bytes, preset: int) -> tuple[bytes, bytes]:
     dict_log2 = max(12, min(26, math.ceil(math.log2(max(len(data), 1)))))
     filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": 1 << dict_log2}]
-    return bytes([dict_log2]) + lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+    return bytes([dict_log2]), lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
 
 
 def _lanes_for(n: int, bits_per_element: float, options: PackOptions) -> int:
@@ -125,54 +135,70 @@ def _lanes_for(n: int, bits_per_element: float, options: PackOptions) -> int:
     return max(1, lanes, -(-n // options.max_steps))
 
 
-def _code_plane(
+def _decide(
     plane: np.ndarray, hist: np.ndarray, lanes: int, options: PackOptions
-) -> tuple[PlaneCodec, bytes, EncodedStream | None]:
+) -> tuple[PlaneCodec, np.ndarray | int | None]:
+    """Pick a plane codec from histogram-based size estimates (exact enough; see rans/huffman)."""
     n = plane.size
     present = np.flatnonzero(hist)
     if present.size == 1:
-        return PlaneCodec.CONST, bytes([int(present[0])]), None
-    candidates: list[tuple[float, PlaneCodec, np.ndarray]] = []
-    if "rans" in options.codecs:
-        est, freqs = rans.estimate_bytes(hist, lanes)
-        candidates.append((est, PlaneCodec.RANS, freqs))
-    if "huffman" in options.codecs:
-        est, lengths = huffman.estimate_bytes(hist, lanes)
-        candidates.append((est, PlaneCodec.HUFFMAN, lengths))
-    candidates.sort(key=lambda c: c[0])
-    best: tuple[int, PlaneCodec, bytes, EncodedStream | None] = (n, PlaneCodec.RAW, plane.tobytes(), None)
+        return PlaneCodec.CONST, int(present[0])
     limit = n * (1.0 - options.min_gain)
-    for est, codec, table in candidates:
-        if est >= limit or (candidates and est > candidates[0][0] * 1.02):
-            continue
-        stream = rans.encode(plane, lanes, table) if codec is PlaneCodec.RANS else huffman.encode(plane, lanes, table)
-        size = len(stream.header) + stream.word_bytes
-        if size < best[0] and size < limit:
-            best = (size, codec, stream.header, stream)
-    return best[1], best[2], best[3]
+    floor = entropy_bits(hist) / 8  # no order-0 coder goes below this
+    if floor + huffman.table_bytes(hist) >= limit:  # (and tables cost at least about this much)
+        return PlaneCodec.RAW, None
+    best: tuple[float, PlaneCodec, np.ndarray | None] = (limit, PlaneCodec.RAW, None)
+    rans_est = math.inf
+    if "rans" in options.codecs:
+        rans_est, freqs = rans.estimate_bytes(hist, lanes)
+        if rans_est < best[0]:
+            best = (rans_est, PlaneCodec.RANS, freqs)
+    # each coder used in a file costs the unpacker one lockstep pass: Huffman must clearly win
+    margin = 0.0 if math.isinf(rans_est) else max(options.huffman_margin * rans_est, 64)
+    if "huffman" in options.codecs and floor + huffman.table_bytes(hist) < best[0] - margin:
+        est, lengths = huffman.estimate_bytes(hist, lanes)
+        if est < best[0] - margin:
+            best = (est, PlaneCodec.HUFFMAN, lengths)
+    return best[1], best[2]
 
 
 def code_planes(data: np.ndarray, itemsize: int, options: PackOptions) -> Coded:
-    """Byte-group ``data`` and code each plane with the best of raw / const / rANS / Huffman."""
+    """Byte-group ``data`` and code each plane with the best of raw / const / rANS / Huffman.
+
+    The RAW planes' bytes form the tensor's *pool*; rANS lanes carry 16 bits each of the pool's tail
+    in their start states (see rans.encode), so those bytes are not stored again.
+    """
     planes = split_planes(data, itemsize)
     hists = [counts(p) for p in planes]
     n = planes[0].size
     bits = sum(min(8.0, entropy_bits(h) / max(n, 1)) for h in hists)
     lanes = _lanes_for(n, bits, options)
-    out = bytearray([itemsize])
-    coded = Coded(Codec.PLANES, b"")
-    labels = []
-    for plane, hist in zip(planes, hists):
-        codec, head, stream = _code_plane(plane, hist, lanes, options)
-        out.append(codec)
-        out += head
-        labels.append(codec.name.lower())
-        if codec is PlaneCodec.RANS:
+    decisions = [_decide(p, h, lanes, options) for p, h in zip(planes, hists)]
+    raw = [p for p, (codec, _) in zip(planes, decisions) if codec is PlaneCodec.RAW]
+    pool = np.concatenate(raw) if raw else np.zeros(0, dtype=np.uint8)
+    avail = pool.size
+    used = max(1, min(lanes, n))
+    meta = bytearray([itemsize])
+    coded = Coded(Codec.PLANES)
+    for plane, (codec, info) in zip(planes, decisions):
+        meta.append(codec)
+        if codec is PlaneCodec.CONST:
+            meta.append(info)
+        elif codec is PlaneCodec.RANS:
+            carry = None
+            if avail >= 2 * used:
+                carry = np.frombuffer(pool[avail - 2 * used : avail].tobytes(), dtype="<u2")
+                avail -= 2 * used
+            stream = rans.encode(plane, lanes, info, carry)
+            meta += stream.header
             coded.rans.append(stream)
         elif codec is PlaneCodec.HUFFMAN:
+            stream = huffman.encode(plane, lanes, info)
+            meta += stream.header
             coded.huffman.append(stream)
-    coded.payload = bytes(out)
-    coded.label = "planes[" + ",".join(labels) + "]"
+    coded.meta = bytes(meta)
+    coded.bulk = pool[:avail].tobytes()
+    coded.label = "planes[" + ",".join(c.name.lower() for c, _ in decisions) + "]"
     return coded
 
 
@@ -185,7 +211,7 @@ def _sample(data: bytes, size: int, parts: int = 4) -> bytes:
 
 def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
     """Code one payload with every allowed codec worth trying; return the smallest."""
-    best = Coded(Codec.RAW, data, label="raw")
+    best = Coded(Codec.RAW, bulk=data, label="raw")
     if not data:
         return best
     arr = np.frombuffer(data, dtype=np.uint8)
@@ -204,17 +230,20 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
         bound = sum(entropy_bits(counts(p)) for p in split_planes(sarr, k)) / 8
         ratio = best.size / len(data)
         target = min(bound, ratio * len(sample)) * 0.99
-        lz = [c for c in lz if len(_lz(c, sample, options)) < target]
+        lz = [c for c in lz if len(_lz(c, sample, options)[1]) < target]
     for name in lz:
-        payload = _lz(name, data, options)
-        if len(payload) < best.size:
-            best = Coded(Codec.ZLIB if name == "zlib" else Codec.LZMA, payload, label=name)
+        meta, bulk = _lz(name, data, options)
+        size = len(meta) + len(bulk)
+        if size < best.size:
+            best = Coded(Codec.ZLIB if name == "zlib" else Codec.LZMA, meta, bulk, label=name)
+        elif name == "zlib" and size > best.size * options.lzma_probe:
+            break  # LZMA rarely gains more than this over zlib: not worth its time here
     return best
 
 
-def _lz(name: str, data: bytes, options: PackOptions) -> bytes:
+def _lz(name: str, data: bytes, options: PackOptions) -> tuple[bytes, bytes]:
     if name == "zlib":
-        return zlib.compress(data, 9)
+        return b"", zlib.compress(data, 9)
     return _lzma_encode(data, options.lzma_preset)
 
 
@@ -226,7 +255,8 @@ class Parsed:
     """A record's payload after parsing: direct bytes, or planes waiting for the lockstep decoders."""
 
     data: bytes | None = None  # for RAW / ZLIB / LZMA
-    fills: list[tuple[int, np.ndarray | int]] = field(default_factory=list)  # (plane, bytes or const)
+    fills: list[tuple[int, int, np.ndarray | int]] = field(default_factory=list)  # (plane, first, values)
+    pool_planes: list[int] = field(default_factory=list)  # PLANES: the RAW planes, in order
     itemsize: int = 1
     extent: int = 0  # bytes the record needs in the output buffer (padding of lanes included)
     rans: list[LaneStream] = field(default_factory=list)
@@ -236,22 +266,27 @@ class Parsed:
     bundle_len: int = -1  # BUNDLE: decoded size of the whole bundle
 
 
-def parse_payload(codec: int, payload: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
-    """Check and parse one payload; zlib/LZMA streams are inflated here, bounded by ``raw_len``."""
+def parse_payload(
+    codec: int, meta: memoryview, bulk: memoryview, raw_len: int, what: str, limits: Limits
+) -> Parsed:
+    """Check and parse one coded payload; zlib/LZMA streams are inflated here, bounded by ``raw_len``."""
     try:
         kind = Codec(codec)
     except ValueError:
         raise CorruptPackError(f"{what}: unknown codec id {codec}") from None
+    r = Reader(meta, what)
     if kind is Codec.RAW:
-        if len(payload) != raw_len:
-            raise CorruptPackError(f"{what}: raw payload has {len(payload)} bytes, record says {raw_len}")
-        return Parsed(data=bytes(payload), extent=raw_len)
+        r.done()
+        if len(bulk) != raw_len:
+            raise CorruptPackError(f"{what}: raw payload has {len(bulk)} bytes, record says {raw_len}")
+        return Parsed(data=bytes(bulk), extent=raw_len)
     if kind is Codec.ZLIB:
-        if raw_len > ZLIB_MAX_RATIO * len(payload) + 64:
-            raise CorruptPackError(f"{what}: {len(payload)} zlib bytes cannot inflate to {raw_len}")
+        r.done()
+        if raw_len > ZLIB_MAX_RATIO * len(bulk) + 64:
+            raise CorruptPackError(f"{what}: {len(bulk)} zlib bytes cannot inflate to {raw_len}")
         try:
             inflater = zlib.decompressobj()
-            data = inflater.decompress(payload, raw_len)
+            data = inflater.decompress(bulk, raw_len)
             if not inflater.eof:  # the output limit may stop it just before the end of the stream
                 data += inflater.decompress(inflater.unconsumed_tail, 1)
             ok = inflater.eof and not inflater.unused_data
@@ -261,13 +296,13 @@ def parse_payload(codec: int, payload: memoryview, raw_len: int, what: str, limi
             raise CorruptPackError(f"{what}: zlib stream does not hold exactly {raw_len} bytes")
         return Parsed(data=data, extent=raw_len)
     if kind is Codec.LZMA:
-        r = Reader(payload, what)
         dict_log2 = r.u8()
+        r.done()
         if not 12 <= dict_log2 <= 30:
             raise CorruptPackError(f"{what}: LZMA dictionary size 2**{dict_log2} out of range")
         try:
             inflater = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_log2))
-            data = inflater.decompress(r.take(r.remaining), raw_len)
+            data = inflater.decompress(bulk, raw_len)
             if not inflater.eof:
                 data += inflater.decompress(b"", 1)
             ok = inflater.eof and not inflater.unused_data
@@ -276,30 +311,23 @@ def parse_payload(codec: int, payload: memoryview, raw_len: int, what: str, limi
         if len(data) != raw_len or not ok:
             raise CorruptPackError(f"{what}: LZMA stream does not hold exactly {raw_len} bytes")
         return Parsed(data=data, extent=raw_len)
-    if kind is Codec.REF:
-        r = Reader(payload, what)
+    if kind in (Codec.REF, Codec.SLICE):
         ref = r.uvarint()
         r.done()
+        Reader(bulk, what).done()
         return Parsed(ref=ref, extent=0)
-    if kind is Codec.SLICE:
-        r = Reader(payload, what)
-        number = r.uvarint()
-        r.done()
-        return Parsed(ref=number, extent=0)
     if kind is Codec.BUNDLE:
-        r = Reader(payload, what)
         total = r.uvarint(limits.max_tensor_bytes, "bundle size")
         inner = r.u8()
         if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE) or total < raw_len:
             raise CorruptPackError(f"{what}: malformed bundle")
-        parsed = parse_payload(inner, r.take(r.remaining), total, what, limits)
+        parsed = parse_payload(inner, r.take(r.remaining), bulk, total, what, limits)
         parsed.bundle_len = total
         return parsed
-    return _parse_planes(payload, raw_len, what, limits)
+    return _parse_planes(r, bulk, raw_len, what, limits)
 
 
-def _parse_planes(payload: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
-    r = Reader(payload, what)
+def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
     itemsize = r.u8()
     if itemsize < 1 or raw_len % itemsize or raw_len == 0:
         raise CorruptPackError(f"{what}: {raw_len} bytes cannot be split into {itemsize}-byte planes")
@@ -311,9 +339,9 @@ def _parse_planes(payload: memoryview, raw_len: int, what: str, limits: Limits) 
         except ValueError:
             raise CorruptPackError(f"{what}: unknown plane codec in plane {p}") from None
         if codec is PlaneCodec.RAW:
-            parsed.fills.append((p, np.frombuffer(r.take(n), dtype=np.uint8)))
+            parsed.pool_planes.append(p)
         elif codec is PlaneCodec.CONST:
-            parsed.fills.append((p, r.u8()))
+            parsed.fills.append((p, 0, r.u8()))
         else:
             module = rans if codec is PlaneCodec.RANS else huffman
             stream = module.parse(r, n, limits.max_lanes)
@@ -321,4 +349,57 @@ def _parse_planes(payload: memoryview, raw_len: int, what: str, limits: Limits) 
             parsed.extent = max(parsed.extent, p + (stream.lanes * stream.steps - 1) * itemsize + 1)
             (parsed.rans if codec is PlaneCodec.RANS else parsed.huffman).append(stream)
     r.done()
+    # the RAW planes' pool: its tail rides in rANS start states, the rest is the bulk
+    avail = n * len(parsed.pool_planes)
+    for stream in parsed.rans:
+        if avail >= 2 * stream.lanes:
+            avail -= 2 * stream.lanes
+            stream.carry_at = avail
+    if len(bulk) != avail:
+        raise CorruptPackError(f"{what}: {len(bulk)} bytes of raw planes, expected {avail}")
+    pool = np.frombuffer(bulk, dtype=np.uint8)
+    for k, p in enumerate(parsed.pool_planes):
+        part = pool[k * n : (k + 1) * n]
+        if part.size:
+            parsed.fills.append((p, 0, part))
     return parsed
+
+
+def fill_planes(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
+    """Write a PLANES region's RAW and CONST planes (the lockstep coders write the others)."""
+    grid = out[base : base + size].reshape(-1, parsed.itemsize)
+    for plane, first, fill in parsed.fills:
+        if isinstance(fill, int):
+            grid[:, plane] = fill
+        else:
+            grid[first : first + fill.size, plane] = fill
+
+
+def decode_alone(coded: Coded, raw_len: int, limits: Limits) -> bytes:
+    """Decode one coded payload by itself (the container decodes all tensors' streams together)."""
+    from onnxopt.packing.lanes import interleave_words
+
+    parsed = parse_payload(coded.codec, memoryview(coded.meta), memoryview(coded.bulk), raw_len, "payload", limits)
+    if parsed.data is not None:
+        return parsed.data
+    size = parsed.bundle_len if parsed.bundle_len >= 0 else raw_len
+    out = np.zeros(max(parsed.extent, size), dtype=np.uint8)
+    fill_planes(parsed, out, 0, size)
+    if not rans.decode_batch(parsed.rans, interleave_words(coded.rans, np.uint16), out):
+        raise CorruptPackError("inconsistent rANS data")
+    if not huffman.decode_batch(parsed.huffman, interleave_words(coded.huffman, np.uint32), out):
+        raise CorruptPackError("inconsistent Huffman data")
+    place_carries(parsed, out, 0, size)
+    return out[:raw_len].tobytes()
+
+
+def place_carries(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
+    """Write the pool bytes the rANS lanes carried back into the RAW planes of a decoded region."""
+    n = size // parsed.itemsize
+    planes = np.array(parsed.pool_planes, dtype=np.int64)
+    for stream in parsed.rans:
+        if stream.carry_at < 0:
+            continue
+        data = np.frombuffer(stream.carry.astype("<u2").tobytes(), dtype=np.uint8)
+        q = stream.carry_at + np.arange(data.size, dtype=np.int64)
+        out[base + (q % n) * parsed.itemsize + planes[q // n]] = data

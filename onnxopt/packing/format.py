@@ -6,8 +6,8 @@ Layout (all integers little-endian)::
     version    u8                                FORMAT_VERSION
     header     struct HEADER (see below)         fixed size, ends with a CRC32 of everything before it
     skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib or LZMA)
-    index      zlib-compressed list of tensor records, one per walked TensorProto (see pack.py)
-    payloads   the per-tensor coded payloads, concatenated in record order (see codecs.py)
+    index      compressed list of tensor records with their coder tables (see pack.py)
+    payloads   the per-tensor bulk bytes, concatenated in record order (see codecs.py)
     rANS words u16 words of every rANS stream, in the batch decoder's read order (see lanes.py)
     Huffman    u32 words of every Huffman stream, likewise; the file ends exactly here
 
@@ -24,10 +24,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 MAGIC = b"ONNXOPTPK"
 FORMAT_VERSION = 1
 
-#: flags u8, records u32, skeleton (codec u8, raw u64, packed u64, crc u32),
+#: flags u8, records u32, skeleton (u8 codecs: skeleton | index << 4, raw u64, packed u64, crc u32),
 #: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64
 HEADER = struct.Struct("<BIBQQIQQIQQQ")
 HEADER_CRC = struct.Struct("<I")
@@ -149,7 +151,7 @@ class Reader:
 @dataclass
 class Header:
     records: int
-    skeleton_codec: int
+    section_codecs: int
     skeleton_raw: int
     skeleton_packed: int
     skeleton_crc: int
@@ -169,7 +171,7 @@ class Header:
         body = MAGIC + bytes([FORMAT_VERSION]) + HEADER.pack(
             self.flags,
             self.records,
-            self.skeleton_codec,
+            self.section_codecs,
             self.skeleton_raw,
             self.skeleton_packed,
             self.skeleton_crc,
@@ -204,7 +206,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     head = Header(
         flags=fields[0],
         records=fields[1],
-        skeleton_codec=fields[2],
+        section_codecs=fields[2],
         skeleton_raw=fields[3],
         skeleton_packed=fields[4],
         skeleton_crc=fields[5],
@@ -217,8 +219,8 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     )
     if head.flags != 0:
         raise CorruptPackError(f"unknown header flags {head.flags:#x}")
-    if head.skeleton_codec not in (SKELETON_ZLIB, SKELETON_LZMA):
-        raise CorruptPackError(f"unknown skeleton codec {head.skeleton_codec}")
+    if {head.section_codecs & 15, head.section_codecs >> 4} - {SKELETON_ZLIB, SKELETON_LZMA}:
+        raise CorruptPackError(f"unknown skeleton/index codec {head.section_codecs:#x}")
     if head.records > limits.max_records:
         raise CorruptPackError(f"header declares {head.records} tensor records (limit {limits.max_records})")
     if head.skeleton_raw > limits.max_skeleton_bytes:
@@ -299,6 +301,9 @@ def read_nibble_varints(reader: Reader, count: int, limit: int) -> list[int]:
     return values
 
 
-def nibble_varint_bytes(values: list[int]) -> int:
-    nibbles = sum(max(1, -(-int(v).bit_length() // 3)) for v in values)
+def nibble_varint_bytes(values) -> int:
+    """Bytes :func:`write_nibble_varints` needs for ``values`` (a sequence or array of ints >= 0)."""
+    v = np.asarray(values, dtype=np.int64)
+    bits = np.where(v > 0, np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) + 1, 0)
+    nibbles = int(np.maximum(1, -(-bits // 3)).sum())
     return (nibbles + 1) // 2

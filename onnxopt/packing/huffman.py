@@ -15,6 +15,8 @@ The further 32-bit words live in the file's shared Huffman word section, in deco
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from onnxopt.packing.format import CorruptPackError, Reader, read_symbol_set, write_symbol_set, write_uvarint
@@ -25,8 +27,29 @@ TABLE = 1 << MAX_LEN
 WORD_BITS = 32
 
 
+def _plain_lengths(weights: list[int]) -> list[int]:
+    """Unrestricted Huffman code lengths (heap construction)."""
+    heap = [(w, i, [i]) for i, w in enumerate(weights)]
+    heapq.heapify(heap)
+    lengths = [0] * len(weights)
+    tie = len(weights)
+    while len(heap) > 1:
+        w1, _, a = heapq.heappop(heap)
+        w2, _, b = heapq.heappop(heap)
+        for s in a:
+            lengths[s] += 1
+        for s in b:
+            lengths[s] += 1
+        heapq.heappush(heap, (w1 + w2, tie, a + b))
+        tie += 1
+    return lengths
+
+
 def code_lengths(hist: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
-    """Optimal code lengths (0 for absent symbols) with no code longer than ``max_len`` (package-merge)."""
+    """Optimal code lengths (0 for absent symbols) with no code longer than ``max_len``.
+
+    Plain Huffman when it already respects the limit, else package-merge.
+    """
     hist = np.asarray(hist, dtype=np.int64)
     sym = np.flatnonzero(hist)
     m = sym.size
@@ -35,6 +58,10 @@ def code_lengths(hist: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
         return lengths
     if m == 1:
         lengths[sym] = 1
+        return lengths
+    plain = _plain_lengths(hist[sym].tolist())
+    if max(plain) <= max_len:
+        lengths[sym] = plain
         return lengths
     order = np.argsort(hist[sym], kind="stable")
     leaf_w = hist[sym][order].astype(np.float64)

@@ -22,7 +22,7 @@ plane ``p`` of an ``itemsize``-byte tensor lands at ``base + i * itemsize + p``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,7 +54,8 @@ class LaneStream:
     table: np.ndarray  # 4096-entry decode table
     dest: int = 0  # output index of symbol 0
     stride: int = 1  # output distance between consecutive symbols (the itemsize)
-    extra: dict = field(default_factory=dict)
+    carry: np.ndarray | None = None  # rANS: the 16 bits per lane recovered from the final states
+    carry_at: int = -1  # where in its tensor's raw-plane pool the carried bytes belong (-1: none)
 
 
 def lane_order(steps: Sequence[int]) -> np.ndarray:
@@ -106,6 +107,8 @@ class LaneBatch:
         )
         self.words = words
         self.read = 0
+        self.ordered = ordered
+        self.lane_ranges = list(zip(start[:-1].tolist(), start[1:].tolist()))
 
     def next_words(self, k: int) -> np.ndarray | None:
         """The next ``k`` words of the section, or None if it runs out (a corrupt file)."""

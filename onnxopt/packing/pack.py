@@ -1,12 +1,17 @@
 """pack_model / unpack_model: a ModelProto to a packed file and back, bit-exactly.
 
-The index (zlib-compressed) holds one record per walked TensorProto::
+The index (compressed like the skeleton, zlib or LZMA) holds one record per walked TensorProto::
 
     u8 kind (payload.Kind; NONE = nothing moved, the record ends here)
     uvarint data_type | uvarint ndims | zigzag-varint dims...   (checked against the skeleton)
     u8 store (integer storage type, for int fields) | u8 codec (codecs.Codec)
-    uvarint raw_len (decoded payload bytes) | uvarint packed_len (bytes in the payload section)
+    uvarint raw_len (decoded payload bytes)
+    uvarint meta_len | meta bytes (codec parameters, coder tables, lane states: see codecs.py)
+    uvarint bulk_len (bytes in the payload section)
     u32 crc32 of the decoded payload
+
+Keeping every table and lane state in the index lets one compressor squeeze the many similar
+tables of a model together.
 
 After the payload section come the shared word sections of the lockstep coders: all rANS words
 (u16) then all Huffman words (u32), each in the order the batch decoder reads them.
@@ -27,7 +32,16 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.bundles import Bundle, plan_bundles
-from onnxopt.packing.codecs import Codec, Coded, PackOptions, Parsed, choose, parse_payload
+from onnxopt.packing.codecs import (
+    Codec,
+    Coded,
+    PackOptions,
+    Parsed,
+    choose,
+    fill_planes,
+    parse_payload,
+    place_carries,
+)
 from onnxopt.packing.entropy import byte_bound_bytes, plane_bound_bytes
 from onnxopt.packing.format import (
     LIMITS,
@@ -188,8 +202,8 @@ def pack_model(
             if i in head_of:
                 write_uvarint(body, bundle.total)
                 body.append(bundle.coded.codec)
-                body += bundle.coded.payload
-                coded = Coded(Codec.BUNDLE, bytes(body), bundle.coded.rans, bundle.coded.huffman)
+                body += bundle.coded.meta
+                coded = Coded(Codec.BUNDLE, bytes(body), bundle.coded.bulk, bundle.coded.rans, bundle.coded.huffman)
             else:  # the offset follows from the bundle's earlier members
                 write_uvarint(body, bundle_number[bundle.members[0]])
                 coded = Coded(Codec.SLICE, bytes(body))
@@ -200,7 +214,7 @@ def pack_model(
             size = coded.size
         rans_streams += coded.rans
         huff_streams += coded.huffman
-        payloads.append(coded.payload)
+        payloads.append(coded.bulk)
         _write_record(index, t, p.kind, p.store, coded, p.data)
         reports.append(
             TensorReport(
@@ -215,16 +229,14 @@ def pack_model(
             )
         )
     skeleton_raw = skeleton.SerializeToString()
-    skel_zlib = zlib.compress(skeleton_raw, 9)
-    skel_lzma = lzma.compress(skeleton_raw, format=lzma.FORMAT_ALONE, preset=9)
-    skel_codec, skel = (SKELETON_LZMA, skel_lzma) if len(skel_lzma) < len(skel_zlib) else (SKELETON_ZLIB, skel_zlib)
-    index_packed = zlib.compress(bytes(index), 9)
+    skel_codec, skel = _deflate_best(skeleton_raw)
+    index_codec, index_packed = _deflate_best(bytes(index))
     rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
     huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
     body = b"".join(payloads)
     header = Header(
         records=len(tensors),
-        skeleton_codec=skel_codec,
+        section_codecs=skel_codec | index_codec << 4,
         skeleton_raw=len(skeleton_raw),
         skeleton_packed=len(skel),
         skeleton_crc=zlib.crc32(skeleton_raw),
@@ -248,6 +260,13 @@ def pack_model(
     return result
 
 
+def _deflate_best(data: bytes) -> tuple[int, bytes]:
+    """The smaller of zlib-9 and LZMA for a metadata section."""
+    by_zlib = zlib.compress(data, 9)
+    by_lzma = lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)
+    return (SKELETON_LZMA, by_lzma) if len(by_lzma) < len(by_zlib) else (SKELETON_ZLIB, by_zlib)
+
+
 def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw: bytes) -> None:
     index.append(kind)
     write_uvarint(index, t.data_type)
@@ -257,7 +276,9 @@ def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int,
     index.append(store)
     index.append(coded.codec)
     write_uvarint(index, len(raw))
-    write_uvarint(index, len(coded.payload))
+    write_uvarint(index, len(coded.meta))
+    index += coded.meta
+    write_uvarint(index, len(coded.bulk))
     index += zlib.crc32(raw).to_bytes(4, "little")
 
 
@@ -272,6 +293,7 @@ class _Record:
     store: int = 0
     codec: int = 0
     raw_len: int = 0
+    meta: memoryview | None = None
     packed_len: int = 0
     crc: int = 0
 
@@ -316,9 +338,10 @@ def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
             raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
         codec = r.u8()
         raw_len = r.uvarint(limits.max_tensor_bytes, "declared tensor size")
+        meta = r.take(r.uvarint(r.remaining, "metadata size"))
         packed_len = r.uvarint()
         crc = r.u32()
-        records.append(_Record(kind, data_type, dims, store, codec, raw_len, packed_len, crc))
+        records.append(_Record(kind, data_type, dims, store, codec, raw_len, meta, packed_len, crc))
     r.done()
     return records
 
@@ -345,10 +368,10 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
 def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     head = read_header(data, limits)
     r = Reader(data, "packed file", pos=PREFIX_SIZE)
-    skeleton_raw = _inflate(head.skeleton_codec, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
+    skeleton_raw = _inflate(head.section_codecs & 15, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
     if zlib.crc32(skeleton_raw) != head.skeleton_crc:
         raise CorruptPackError("model skeleton checksum mismatch")
-    index_raw = _inflate(SKELETON_ZLIB, r.take(head.index_packed), head.index_raw, "tensor index")
+    index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
     if zlib.crc32(index_raw) != head.index_crc:
         raise CorruptPackError("tensor index checksum mismatch")
     records = _read_index(index_raw, head.records, limits)
@@ -382,7 +405,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             raise CorruptPackError(f"{what}: record does not match the model (dtype or shape)")
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
-        p = parse_payload(rec.codec, r.take(rec.packed_len), rec.raw_len, what, limits)
+        p = parse_payload(rec.codec, rec.meta, r.take(rec.packed_len), rec.raw_len, what, limits)
         if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
             raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
         if rec.codec == Codec.SLICE:  # the next bytes of that bundle
@@ -419,14 +442,14 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     for rec, p, off in zip(records, parsed, offsets):
         if p is None or not p.fills:
             continue
-        size = p.bundle_len if p.bundle_len >= 0 else rec.raw_len
-        grid = out[off : off + size].reshape(-1, p.itemsize)
-        for plane, fill in p.fills:
-            grid[:, plane] = fill
+        fill_planes(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
     if not rans.decode_batch(rans_streams, rans_words, out):
         raise CorruptPackError("rANS data is inconsistent (corrupt word section or stream headers)")
     if not huffman.decode_batch(huff_streams, huff_words, out):
         raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
+    for rec, p, off in zip(records, parsed, offsets):
+        if p is not None and p.pool_planes and p.rans:
+            place_carries(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
     decoded: list[bytes | None] = []
     bundles: dict[int, bytes] = {}
     for i, (rec, p, off) in enumerate(zip(records, parsed, offsets)):

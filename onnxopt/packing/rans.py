@@ -20,8 +20,8 @@ coded bits.
 
 The 16-bit words themselves live in the file's shared rANS word section (see lanes.py).
 
-The decoder checks at the end that every lane returned to the encoder's start state and that every
-word was read exactly once.
+The decoder checks at the end that every lane returned to a start state (``2**16`` plus 16 carried
+bits) and that every word was read exactly once.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def table_bytes(freqs: np.ndarray) -> int:
     """Serialized size of a frequency table at its own precision (see :func:`encode`)."""
     present = np.flatnonzero(freqs)
     head = 2 + (present.size if present.size <= 32 else 32)
-    return head + nibble_varint_bytes((freqs[present[:-1]] - 1).tolist())
+    return head + nibble_varint_bytes(freqs[present[:-1]] - 1)
 
 
 #: small planes try coarser tables (cheaper to store, slightly costlier symbols) down to this precision
@@ -99,7 +99,7 @@ def best_table(hist: np.ndarray) -> np.ndarray:
         return best
     cost = coded_bits(hist, best) + 8 * table_bytes(best)
     low = max(MIN_TABLE_PRECISION, int(np.count_nonzero(hist) - 1).bit_length())
-    for precision in range(PRECISION - 1, low - 1, -1):
+    for precision in range(PRECISION - 2, low - 1, -2):
         freqs = quantize(hist, precision)
         c = coded_bits(hist, freqs) + 8 * table_bytes(freqs)
         if c < cost:
@@ -117,8 +117,14 @@ def estimate_bytes(hist: np.ndarray, lanes: int) -> tuple[float, np.ndarray]:
     return coded_bits(hist, freqs) / 8 + table_bytes(freqs) + 3 * lanes + 3, freqs
 
 
-def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> EncodedStream:
-    """rANS-code a uint8 plane holding at least two distinct values, in ``lanes`` lanes."""
+def encode(
+    plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None, carry: np.ndarray | None = None
+) -> EncodedStream:
+    """rANS-code a uint8 plane holding at least two distinct values, in ``lanes`` lanes.
+
+    ``carry`` (one uint16 per lane) is stored for free in the lanes' start states: the decoder ends
+    each lane in state ``2**16 + carry`` instead of ``2**16`` ("bits back").
+    """
     n = plane.size
     if freqs is None:
         freqs = best_table(np.bincount(plane, minlength=256))
@@ -130,9 +136,15 @@ def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> En
     pad = steps * lanes - n
     symbols = plane if not pad else np.concatenate([plane, np.full(pad, int(np.argmax(freqs)), np.uint8)])
     grid = symbols.reshape(steps, lanes)  # grid[t, j]: step t of lane j
+    start = np.full(lanes, LOW, dtype=np.uint32)
+    if carry is not None:
+        start |= carry.astype(np.uint32)
+    if lanes == 1:
+        x, words, word_step, word_lane = _encode_one_lane(symbols, freqs, int(start[0]))
+        return _stream(lanes, steps, stored, table_precision, x, words, word_step, word_lane)
     freq32 = freqs.astype(np.uint32)
     cum32 = (np.cumsum(freqs) - freqs).astype(np.uint32)
-    x = np.full(lanes, LOW, dtype=np.uint32)
+    x = start
     words: list[np.ndarray] = []
     word_lane: list[np.ndarray] = []
     word_step: list[np.ndarray] = []
@@ -147,6 +159,58 @@ def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> En
             x[big] >>= np.uint32(16)
         q = x // f
         x = (q << np.uint32(PRECISION)) + (x - q * f) + cum32[row]
+    empty = np.zeros(0, dtype=np.int64)
+    return _stream(
+        lanes,
+        steps,
+        stored,
+        table_precision,
+        x,
+        np.concatenate(words) if words else np.zeros(0, dtype=np.uint16),
+        np.concatenate(word_step) if word_step else empty,
+        np.concatenate(word_lane) if word_lane else empty,
+    )
+
+
+def _encode_one_lane(
+    symbols: np.ndarray, freqs: np.ndarray, x: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The same coder for a single lane, in plain Python ints (numpy calls cost more than they do here)."""
+    f_of = freqs.tolist()
+    cum = (np.cumsum(freqs) - freqs).tolist()
+    words: list[int] = []
+    steps: list[int] = []
+    shift = 32 - PRECISION
+    seq = symbols.tolist()
+    for t in range(len(seq) - 1, -1, -1):
+        s = seq[t]
+        f = f_of[s]
+        if x >= f << shift:
+            words.append(x & 0xFFFF)
+            steps.append(t)
+            x >>= 16
+        q, r = divmod(x, f)
+        x = (q << PRECISION) + r + cum[s]
+    words.reverse()
+    steps.reverse()
+    return (
+        np.array([x], dtype=np.uint32),
+        np.array(words, dtype=np.uint16),
+        np.array(steps, dtype=np.int64),
+        np.zeros(len(words), dtype=np.int64),
+    )
+
+
+def _stream(
+    lanes: int,
+    steps: int,
+    stored: np.ndarray,
+    table_precision: int,
+    x: np.ndarray,
+    words: np.ndarray,
+    word_step: np.ndarray,
+    word_lane: np.ndarray,
+) -> EncodedStream:
     head = bytearray()
     write_uvarint(head, lanes)
     present = np.flatnonzero(stored)
@@ -154,16 +218,9 @@ def encode(plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None) -> En
     head.append(table_precision)
     write_nibble_varints(head, (stored[present[:-1]] - 1).tolist())
     head += x.astype("<u4").tobytes()
-    nwords = sum(w.size for w in words)
-    write_uvarint(head, nwords)
-    empty = np.zeros(0, dtype=np.int64)
+    write_uvarint(head, int(words.size))
     return EncodedStream(
-        lanes=lanes,
-        steps=steps,
-        header=bytes(head),
-        words=np.concatenate(words) if words else np.zeros(0, dtype=np.uint16),
-        word_step=np.concatenate(word_step) if word_step else empty,
-        word_lane=np.concatenate(word_lane) if word_lane else empty,
+        lanes=lanes, steps=steps, header=bytes(head), words=words, word_step=word_step, word_lane=word_lane
     )
 
 
@@ -201,7 +258,10 @@ def parse(r: Reader, n: int, max_lanes: int) -> LaneStream:
 
 
 def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) -> bool:
-    """Decode all ``streams`` in lockstep into ``out`` (uint8); False if the data is inconsistent."""
+    """Decode all ``streams`` in lockstep into ``out`` (uint8); False if the data is inconsistent.
+
+    Each stream's ``carry`` is set to the 16 bits its lanes carried (see :func:`encode`).
+    """
     if not streams:
         return words.size == 0
     batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
@@ -236,4 +296,8 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
             if chunk is None:
                 return False
             x[idx] = (x[idx] << np.uint32(16)) | chunk
-    return batch.all_read() and bool((x == LOW).all())
+    if not batch.all_read() or not bool(((x >> np.uint32(16)) == 1).all()):
+        return False
+    for stream, (lo, hi) in zip(batch.ordered, batch.lane_ranges):
+        stream.carry = x[lo:hi].astype(np.uint16)
+    return True
