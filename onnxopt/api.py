@@ -5,6 +5,7 @@ Data flow: source -> load -> fix input shapes (if asked) -> validation set -> Pa
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -148,6 +149,7 @@ def optimize(
             validation = build_validation_set(model, shapes=input_shapes, count=samples, seed=seed,
                                               int_high=int_high, runner=runner)
         runner.close()
+        gc.collect()  # release onnxruntime's copy of the weights before the passes run
         report.validation_data = validation.describe()
         report.validation_synthetic = validation.synthetic
         report.validation_shapes = {k: list(v) for k, v in validation.shapes.items()}

@@ -12,6 +12,7 @@ with ValidationError unless ``keep_going``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ class PassManager:
         previous_outputs: list[Outputs] | None = validation.reference if validation else None
         for p in self.passes:
             current, previous_outputs = self._run_one(p, current, context, validation, previous_outputs, report)
+            gc.collect()  # graphsurgeon graphs are cycles that keep the previous model's weights alive
         if validation is not None and self.validate != "off":
             self._final_check(current, validation, report, previous_outputs)
         report.nodes_after = node_count(current)

@@ -289,6 +289,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     if external_data is None:
         external_data = needs_external_data(model)
     if not external_data:
+        if weight_bytes(model) > STREAM_SAVE_BYTES:
+            _save_streamed(model, path)
+            return
         try:
             data = model.SerializeToString()
         except ValueError as exc:
@@ -296,6 +299,70 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
         write_bytes_atomic(path, data)
         return
     _save_with_external_data(model, path)
+
+
+#: models with more weight bytes than this are serialized initializer by initializer
+STREAM_SAVE_BYTES = 128 * 2**20
+
+_GRAPH_FIELD = 7  # ModelProto.graph
+_INITIALIZER_FIELD = 5  # GraphProto.initializer
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _length_delimited(field: int, size: int) -> bytes:
+    return _varint(field << 3 | 2) + _varint(size)
+
+
+def _copy_except(src, dst, skipped: str):
+    """Copy every set field of protobuf message ``src`` into ``dst`` except ``skipped`` (no deep copy of it)."""
+    for field, value in src.ListFields():
+        if field.name == skipped:
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:
+            repeated = field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+    return dst
+
+
+def _save_streamed(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` without ever holding its whole serialization in memory.
+
+    Protobuf parsers accept fields in any order and merge repeated fields, so the file is the model
+    without its main-graph initializers, then the graph field whose length covers the initializers
+    appended one record at a time. Parsing it gives back exactly ``model``.
+    """
+    head = _copy_except(model, onnx.ModelProto(), "graph")
+    graph = _copy_except(model.graph, onnx.GraphProto(), "initializer")
+    graph_bytes = graph.SerializeToString()
+    sizes = [t.ByteSize() for t in model.graph.initializer]
+    graph_size = len(graph_bytes) + sum(len(_length_delimited(_INITIALIZER_FIELD, n)) + n for n in sizes)
+    with atomic_output(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(head.SerializeToString())
+                f.write(_length_delimited(_GRAPH_FIELD, graph_size))
+                f.write(graph_bytes)
+                for t, n in zip(model.graph.initializer, sizes):
+                    f.write(_length_delimited(_INITIALIZER_FIELD, n))
+                    f.write(t.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"{path}: write failed ({exc.strerror})") from None
 
 
 def _to_raw(t: onnx.TensorProto) -> None:

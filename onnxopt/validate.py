@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
-#: validating models with more weights than this runs without weight prepacking (memory over speed)
-PREPACK_LIMIT_BYTES = 1 << 30
+#: models with more weights than this are handed to onnxruntime as a file with external data (no serialized
+#: copy in memory) and run without weight prepacking (a second copy of every weight): memory over speed
+LARGE_MODEL_BYTES = 256 << 20
 
 
 class OrtRunner:
@@ -41,10 +42,11 @@ class OrtRunner:
             opts.intra_op_num_threads = threads
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if weight_bytes(model) > PREPACK_LIMIT_BYTES:  # prepacking keeps a second copy of every weight
+        large = weight_bytes(model) > LARGE_MODEL_BYTES
+        if large:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         self._tmpdir = None
-        if needs_external_data(model):
+        if large or needs_external_data(model):
             self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
             path = Path(self._tmpdir.name) / "model.onnx"
             save(model, path, external_data=True)

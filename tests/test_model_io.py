@@ -191,3 +191,16 @@ def test_structure_copy_keeps_shapes_not_data(mlp):
     assert list(w1.dims) == [8, 16] and not w1.raw_data and not w1.float_data
     types = mio.infer_types(mlp)
     assert [d.dim_value for d in types["h0"].tensor_type.shape.dim] == [1, 16]
+
+
+def test_streamed_save_parses_back_identically(monkeypatch, tmp_path):
+    monkeypatch.setattr(mio, "STREAM_SAVE_BYTES", 0)
+    import fixtures
+
+    for name in ("conv_bn_relu", "if_subgraph", "old_opset"):
+        model = fixtures.get(name)
+        out = tmp_path / f"{name}.onnx"
+        mio.save(model, out)
+        back = onnx.load(out)
+        assert back == model
+        assert sorted(t.name for t in back.graph.initializer) == sorted(t.name for t in model.graph.initializer)

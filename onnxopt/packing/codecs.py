@@ -83,6 +83,8 @@ class PackOptions:
     lzma_preset: int = 9
     #: LZMA is tried only where zlib came within this factor of the best codec so far
     lzma_probe: float = 1.08
+    #: LZMA must beat the best other codec by this fraction (it unpacks several times slower)
+    lzma_margin: float = 0.02
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
@@ -234,7 +236,8 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
     for name in lz:
         meta, bulk = _lz(name, data, options)
         size = len(meta) + len(bulk)
-        if size < best.size:
+        # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
+        if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" else 0.0)):
             best = Coded(Codec.ZLIB if name == "zlib" else Codec.LZMA, meta, bulk, label=name)
         elif name == "zlib" and size > best.size * options.lzma_probe:
             break  # LZMA rarely gains more than this over zlib: not worth its time here

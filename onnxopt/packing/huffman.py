@@ -220,14 +220,14 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
         np.right_shift(bu, wi, out=wi)
         np.bitwise_and(wi, TABLE - 1, out=wi)
         np.bitwise_or(wi, tbase[:a], out=wi)
-        np.take(tab, wi, out=en)
+        tab.take(wi, out=en)
         out[pa] = en  # the low byte is the symbol
         np.add(pa, step_stride[:a], out=pa)
         np.right_shift(en, 8, out=us)
         np.subtract(bi, us, out=bi)
         if t == last:
             break
-        idx = np.flatnonzero(bits[: alive[t + 1]] < MAX_LEN)
+        idx = (bits[: alive[t + 1]] < MAX_LEN).nonzero()[0]
         if idx.size:
             chunk = batch.next_words(idx.size)
             if chunk is None:
