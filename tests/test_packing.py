@@ -231,6 +231,19 @@ def test_duplicate_tensors_are_stored_once():
     assert report.tensors[1].packed_bytes < 8
 
 
+def test_small_tensors_are_bundled():
+    rng = np.random.default_rng(9)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal(int(rng.integers(8, 300))) * 0.1).astype(np.float32), f"b{i}")
+        for i in range(60)
+    ]
+    inits.append(numpy_helper.from_array(np.arange(50, dtype=np.int64), "ints"))
+    model = _model(inits)
+    assert_roundtrip(model)
+    codecs = [t.codec for t in pack_model(model).tensors]
+    assert sum(c.startswith("bundle[") for c in codecs) >= 10, codecs
+
+
 def test_many_streams_with_different_lane_counts_roundtrip():
     rng = np.random.default_rng(5)
     inits = []
@@ -462,9 +475,14 @@ def small_pack() -> tuple[onnx.ModelProto, bytes]:
             numpy_helper.from_array((rng.standard_normal(600) * 0.1).astype(np.float32), "w"),
             numpy_helper.from_array(rng.integers(-30, 30, 700).astype(np.int8), "q"),
             numpy_helper.from_array(np.arange(12, dtype=np.int64), "shape"),
+            numpy_helper.from_array((rng.standard_normal(40) * 0.01).astype(np.float32), "bias1"),
+            numpy_helper.from_array((rng.standard_normal(24) * 0.01).astype(np.float32), "bias2"),
+            numpy_helper.from_array((rng.standard_normal(32) * 0.01).astype(np.float32), "bias3"),
         ]
     )
-    data = pack_model(model).data
+    result = pack_model(model)
+    assert any(t.codec.startswith("bundle[") for t in result.tensors)  # hostile tests cover bundles too
+    data = result.data
     assert unpack_model(data).SerializeToString() == model.SerializeToString()
     return model, data
 
@@ -633,6 +651,23 @@ def test_hostile_header_declaring_10_12_elements():
         forged = _with_raw_len(_rebuild(data, index=bytes(raw)), 0, 4 * 10**12)
         with pytest.raises(BadModelError):
             unpack_model(forged)
+
+
+def test_every_codec_id_in_every_record(small_pack):
+    """Swapping any record's codec id for any other gives a clear error (or, never, a wrong model)."""
+    model, data = small_pack
+    expected = model.SerializeToString()
+    for k, (codec_at, _) in enumerate(_records(data)):
+        for codec in [*Codec, 7, 255]:
+            raw = bytearray(_index_raw(data))
+            if raw[codec_at] == int(codec):
+                continue
+            raw[codec_at] = int(codec)
+            try:
+                restored = unpack_model(_rebuild(data, index=bytes(raw)))
+            except BadModelError:
+                continue
+            assert restored.SerializeToString() == expected, (k, codec)
 
 
 def test_bad_model_error_has_exit_code_2(small_pack):
