@@ -188,7 +188,8 @@ def bench_one(label: str, model: onnx.ModelProto, cal: list[dict], ev: list[dict
     row.update(
         macs_ratio=flops, params_ratio=st["params_ratio"], latency_ratio=lat_ratio,
         ms_orig=lat["orig"] * 1e3, ms_pruned=lat["pruned"] * 1e3, ideal_speedup=ideal, speedup=measured,
-        speedup_of_ideal=(measured - 1) / (ideal - 1) if ideal > 1 else float("nan"),
+        speedup_of_ideal=measured / ideal,
+        cut_of_ideal=(1 - lat_ratio) / (1 - flops) if flops < 1 else float("nan"),
         sqnr_plain=fid.get("sqnr_db_pruned"), sqnr_recon=fid.get("sqnr_db_reconstructed"),
         recon_kept=st["reconstruction"].get("kept"), top1=final.get("min_top1"), cosine=final.get("min_cosine"),
     )
@@ -245,19 +246,20 @@ def table(rows: list[dict]) -> str:
     from common import markdown_table
 
     headers = ["model", "data", "groups pruned/total", "MACs x", "params x", "latency x", "ms orig->pruned",
-               "speedup ideal", "speedup measured", "measured/ideal", "SQNR dB plain", "SQNR dB recon", "top-1",
-               "blocked groups (why)"]
+               "speedup ideal", "speedup measured", "measured/ideal", "latency cut/MACs cut", "SQNR dB plain",
+               "SQNR dB recon", "top-1", "blocked groups (why)"]
     out = []
     for r in rows:
         if not r.get("modified"):
-            out.append([r["model"], r["data"], r["groups"], "1", "1", "-", "-", "-", "-", "-", "-", "-", "-",
+            out.append([r["model"], r["data"], r["groups"], "1", "1", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                         r["blocked"]])
             continue
         recon = _fmt(r["sqnr_recon"], 1) + ("" if r["recon_kept"] in (True, None) else " (reverted)")
         out.append([
             r["model"], r["data"], r["groups"], _fmt(r["macs_ratio"]), _fmt(r["params_ratio"]),
             _fmt(r["latency_ratio"]), f"{r['ms_orig']:.2f}->{r['ms_pruned']:.2f}", _fmt(r["ideal_speedup"]),
-            _fmt(r["speedup"]), _fmt(r["speedup_of_ideal"]), _fmt(r["sqnr_plain"], 1), recon,
+            _fmt(r["speedup"]), _fmt(r["speedup_of_ideal"]), _fmt(r.get("cut_of_ideal")), _fmt(r["sqnr_plain"], 1),
+            recon,
             _fmt(r["top1"]), r["blocked"],
         ])
     return markdown_table(headers, out)
@@ -279,7 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-other", action="store_true", help="skip the real non-CNN models")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="also write every row (with the pass stats) to this file")
+    ap.add_argument("--table-from", default="", help="only print the table of rows saved with --json")
     args = ap.parse_args(argv)
+    if args.table_from:
+        rows = [r for f in args.table_from.split(",") for r in json.loads(Path(f).read_text())]
+        for r in rows:
+            if r.get("modified"):
+                r["speedup_of_ideal"] = r["speedup"] / r["ideal_speedup"]
+                r["cut_of_ideal"] = (1 - r["latency_ratio"]) / (1 - r["macs_ratio"])
+        print(table(rows))
+        return 0
 
     jobs: list[tuple[str, callable]] = []
     folder = Path(args.models)

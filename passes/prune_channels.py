@@ -435,7 +435,7 @@ def _fit_layers(analysis: ChannelAnalysis, removed: np.ndarray, roots: np.ndarra
         in_keep = ~removed[roots[xi.ids]] if xi is not None else None
         out_keep = ~removed[roots[out.ids]]
         w = np.asarray(node.inputs[1].values)
-        if kind == "conv":
+        if kind in ("conv", "depthwise"):
             if w.ndim not in (3, 4):
                 continue
             d_in = int(np.prod(w.shape[1:]))

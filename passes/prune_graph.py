@@ -639,6 +639,7 @@ class ChannelAnalysis:
                 out = xi
                 self.node_edits.append(("group", node, out))
                 self.members.append(Member("depthwise", node, 1, 0, out))
+                self.fit_layers.append({"node": node, "kind": "depthwise", "in": xi, "out": out})
             else:
                 out = ChanInfo(1, self.new_space(label, node.op, cout,
                                                  blocked=f"{self.where(node)}: depthwise conv of fixed channels"))

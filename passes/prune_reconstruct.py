@@ -39,7 +39,7 @@ class FitLayer:
     """One layer to re-fit: where its input comes from, which original output it must match."""
 
     node: gs.Node
-    kind: str  # conv | gemm | matmul
+    kind: str  # conv | depthwise | gemm | matmul
     x_name: str
     y_name: str  # tensor in the original model to match (MatMul: its bias Add's output if fused below)
     out_keep: np.ndarray  # kept output channels of the original output
@@ -54,7 +54,13 @@ class FitLayer:
 
     @property
     def has_bias(self) -> bool:
-        return self.kind in ("conv", "gemm") or self.bias_node is not None
+        return self.kind in ("conv", "depthwise", "gemm") or self.bias_node is not None
+
+    def memory(self) -> int:
+        """Bytes of the normal equations."""
+        d = self.d_in + 1
+        c = int(self.out_keep.sum())
+        return 8 * (c * d * (d + 1) if self.kind == "depthwise" else d * d + d * c)
 
 
 def _weight(node: gs.Node) -> np.ndarray:
@@ -190,8 +196,7 @@ class Reconstructor:
                     tensor_level[t.name] = lvl
         out: list[list[FitLayer]] = []
         for layer in self.layers:
-            d = layer.d_in + 1
-            if 8 * d * d > self.memory_bytes:
+            if layer.memory() > self.memory_bytes:
                 levels.pop(id(layer), None)
                 self.skipped.append(f"{layer.node.name}: {layer.d_in} inputs, too wide to refit in memory")
         for lvl in sorted(set(levels.values())):
@@ -200,8 +205,7 @@ class Reconstructor:
             for layer in self.layers:
                 if levels.get(id(layer)) != lvl:
                     continue
-                d = layer.d_in + 1
-                need = 8 * (d * d + d * int(layer.out_keep.sum()))
+                need = layer.memory()
                 if cur and mem + need > self.memory_bytes:
                     out.append(cur)
                     cur, mem = [], 0
@@ -232,8 +236,11 @@ class Reconstructor:
             try:
                 for layer in stage:
                     d = layer.d_in + (1 if layer.has_bias else 0)
-                    layer.xtx = np.zeros((d, d))
-                    layer.xty = np.zeros((d, int(layer.out_keep.sum())))
+                    c = int(layer.out_keep.sum())
+                    if layer.kind == "depthwise":  # one small system per channel
+                        layer.xtx, layer.xty = np.zeros((c, d, d)), np.zeros((c, d))
+                    else:
+                        layer.xtx, layer.xty = np.zeros((d, d)), np.zeros((d, c))
                     layer.rows = 0
                 for feed in _limited(feeds(), n_samples):
                     yo = r_orig.run(feed)
@@ -258,7 +265,7 @@ class Reconstructor:
 
     def _rows(self, layer: FitLayer, x: np.ndarray, y: np.ndarray, m: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         keep = layer.out_keep
-        if layer.kind == "conv":
+        if layer.kind in ("conv", "depthwise"):
             k, s, d, begins = conv_geometry(layer.node, x.shape, y.shape)
             for b in range(x.shape[0]):
                 spatial = y.shape[2:]
@@ -278,6 +285,14 @@ class Reconstructor:
     def _accumulate(self, layer: FitLayer, x: np.ndarray, y: np.ndarray, m: int) -> None:
         for xr, yr in self._rows(layer, x, y, m):
             xr = xr.astype(np.float32, copy=False)
+            if layer.kind == "depthwise":
+                c = yr.shape[1]
+                x3 = xr.reshape(xr.shape[0], c, -1)
+                x3 = np.concatenate([x3, np.ones((x3.shape[0], c, 1), np.float32)], axis=2)
+                layer.xtx += np.einsum("mck,mcl->ckl", x3, x3, optimize=True).astype(np.float64)
+                layer.xty += np.einsum("mck,mc->ck", x3, yr.astype(np.float32), optimize=True).astype(np.float64)
+                layer.rows += xr.shape[0]
+                continue
             if layer.has_bias:
                 xr = np.concatenate([xr, np.ones((xr.shape[0], 1), np.float32)], axis=1)
             layer.xtx += (xr.T @ xr).astype(np.float64)
@@ -289,6 +304,9 @@ class Reconstructor:
         node = layer.node
         w = _weight(node)
         cout = int(layer.out_keep.sum())
+        if layer.kind == "depthwise":  # [C, k] per-channel filters
+            b = node.inputs[2].values if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(cout)
+            return w.reshape(w.shape[0], -1), np.asarray(b, dtype=np.float64).reshape(-1)
         if layer.kind == "conv":
             wm = w.reshape(w.shape[0], -1).T
             b = node.inputs[2].values if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(cout)
@@ -312,6 +330,9 @@ class Reconstructor:
             self.skipped.append(f"{layer.node.name}: no data")
             return
         w0, b0 = self._current(layer)
+        if layer.kind == "depthwise":
+            self._solve_depthwise(layer, w0, b0, names)
+            return
         if w0.shape != (layer.d_in, int(layer.out_keep.sum())):
             self.skipped.append(f"{layer.node.name}: weight shape {w0.shape} unexpected")
             return
@@ -332,6 +353,34 @@ class Reconstructor:
         w = theta[: layer.d_in]
         b = theta[layer.d_in] if layer.has_bias else None
         self._write(layer, w, b, names)
+        self.fitted += 1
+
+    def _solve_depthwise(self, layer: FitLayer, w0: np.ndarray, b0: np.ndarray, names: NameGen) -> None:
+        """Per-channel least squares: channel c's filter only ever sees input channel c."""
+        if w0.shape != (int(layer.out_keep.sum()), layer.d_in):
+            self.skipped.append(f"{layer.node.name}: weight shape {w0.shape} unexpected")
+            return
+        theta0 = np.concatenate([w0, b0[:, None]], axis=1)  # [C, k+1]
+        a = layer.xtx / layer.rows
+        rhs = layer.xty / layer.rows
+        d = a.shape[1]
+        scale = np.maximum(np.trace(a, axis1=1, axis2=2) / d, 1e-12)
+        lam = (self.ridge + d / layer.rows) * scale
+        eye = np.eye(d)[None]
+        theta = np.linalg.solve(a + lam[:, None, None] * eye, (rhs + lam[:, None] * theta0)[..., None])[..., 0]
+        if not np.isfinite(theta).all():
+            self.skipped.append(f"{layer.node.name}: non-finite solution")
+            return
+        node = layer.node
+        old = node.inputs[1].values
+        base = node.name or node.outputs[0].name
+        node.inputs[1] = gs.Constant(names(f"{base}_refit_w"),
+                                     np.ascontiguousarray(theta[:, :-1].reshape(old.shape).astype(old.dtype)))
+        c = gs.Constant(names(f"{base}_refit_b"), theta[:, -1].astype(old.dtype))
+        if len(node.inputs) > 2:
+            node.inputs[2] = c
+        else:
+            node.inputs.append(c)
         self.fitted += 1
 
     def _write(self, layer: FitLayer, w: np.ndarray, b: np.ndarray | None, names: NameGen) -> None:
