@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxopt.packing import huffman, rans
-from onnxopt.packing.entropy import counts, entropy_bits
+from onnxopt.packing.entropy import counts, entropy_bits, plane_histograms
 from onnxopt.packing.format import CorruptPackError, Limits, Reader
 from onnxopt.packing.lanes import EncodedStream, LaneStream
 from onnxopt.packing.planes import split_planes
@@ -110,6 +110,7 @@ class Coded:
     rans: list[EncodedStream] = field(default_factory=list)
     huffman: list[EncodedStream] = field(default_factory=list)
     label: str = ""
+    hists: list[np.ndarray] | None = None  # byte-plane histograms of the data, when computed
 
     @property
     def size(self) -> int:
@@ -170,8 +171,8 @@ def code_planes(data: np.ndarray, itemsize: int, options: PackOptions) -> Coded:
     The RAW planes' bytes form the tensor's *pool*; rANS lanes carry 16 bits each of the pool's tail
     in their start states (see rans.encode), so those bytes are not stored again.
     """
+    hists = plane_histograms(data, itemsize)
     planes = split_planes(data, itemsize)
-    hists = [counts(p) for p in planes]
     n = planes[0].size
     bits = sum(min(8.0, entropy_bits(h) / max(n, 1)) for h in hists)
     lanes = _lanes_for(n, bits, options)
@@ -201,6 +202,7 @@ def code_planes(data: np.ndarray, itemsize: int, options: PackOptions) -> Coded:
     coded.meta = bytes(meta)
     coded.bulk = pool[:avail].tobytes()
     coded.label = "planes[" + ",".join(c.name.lower() for c, _ in decisions) + "]"
+    coded.hists = hists
     return coded
 
 
@@ -219,8 +221,10 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
     arr = np.frombuffer(data, dtype=np.uint8)
     if itemsize < 1 or len(data) % itemsize:
         itemsize = 1
+    hists = None
     if options.codecs & {"rans", "huffman"}:
         planes = code_planes(arr, itemsize, options)
+        hists = planes.hists
         if planes.size < best.size:
             best = planes
     lz = [c for c in ("zlib", "lzma") if c in options.codecs]
@@ -232,7 +236,14 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
         bound = sum(entropy_bits(counts(p)) for p in split_planes(sarr, k)) / 8
         ratio = best.size / len(data)
         target = min(bound, ratio * len(sample)) * 0.99
-        lz = [c for c in lz if len(_lz(c, sample, options)[1]) < target]
+        kept = []
+        for name in lz:
+            size = len(_lz(name, sample, options)[1])
+            if size < target:
+                kept.append(name)
+            elif name == "zlib" and size > target * options.lzma_probe:
+                break  # far from winning: LZMA will not close the gap either
+        lz = kept
     for name in lz:
         meta, bulk = _lz(name, data, options)
         size = len(meta) + len(bulk)
@@ -241,6 +252,7 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
             best = Coded(Codec.ZLIB if name == "zlib" else Codec.LZMA, meta, bulk, label=name)
         elif name == "zlib" and size > best.size * options.lzma_probe:
             break  # LZMA rarely gains more than this over zlib: not worth its time here
+    best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
     return best
 
 

@@ -42,7 +42,7 @@ from onnxopt.packing.codecs import (
     parse_payload,
     place_carries,
 )
-from onnxopt.packing.entropy import byte_bound_bytes, plane_bound_bytes
+from onnxopt.packing.entropy import entropy_bits
 from onnxopt.packing.format import (
     LIMITS,
     PREFIX_SIZE,
@@ -172,6 +172,8 @@ def pack_model(
         else:
             seen[key] = i
     individual = {i: choose(p.data, p.itemsize, options) for i, p in taken.items() if i not in refs}
+    # byte-plane histograms for the report's bounds (a duplicate has its original's)
+    hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
     sizes = {i: (len(taken[i].data), taken[i].itemsize) for i in individual if taken[i].data}
     bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, options))
     head_of: dict[int, Bundle] = {b.members[0]: b for b in bundles}
@@ -223,8 +225,8 @@ def pack_model(
                 shape=list(t.dims),
                 raw_bytes=len(p.data),
                 packed_bytes=size,
-                entropy_bound_bytes=plane_bound_bytes(p.data, p.itemsize),
-                byte_entropy_bound_bytes=byte_bound_bytes(p.data),
+                entropy_bound_bytes=sum(entropy_bits(h) for h in hists[i]) / 8,
+                byte_entropy_bound_bytes=entropy_bits(sum(hists[i])) / 8 if hists[i] else 0.0,
                 codec=coded.label,
             )
         )
