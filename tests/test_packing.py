@@ -318,7 +318,7 @@ def test_unknown_codec_name_is_a_usage_error():
 # --------------------------------------------------------------------------- codec properties
 
 
-def _decode_streams(module, encoded, sizes):
+def _decode_streams(module, encoded, sizes, with_streams=False):
     streams = []
     dest = 0
     for e, n in zip(encoded, sizes):
@@ -337,7 +337,7 @@ def _decode_streams(module, encoded, sizes):
     for s, n in zip(streams, sizes):
         planes.append(out[dest : dest + n].copy())
         dest += s.lanes * s.steps
-    return ok, planes
+    return (ok, planes, streams) if with_streams else (ok, planes)
 
 
 def _plane_strategy():
@@ -370,11 +370,16 @@ _LANES = st.lists(st.integers(1, 300), min_size=4, max_size=4)
 @FAST
 @given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES)
 def test_rans_roundtrip(planes, lanes):
-    encoded = [rans.encode(p, lanes[i % 4]) for i, p in enumerate(planes)]
-    ok, decoded = _decode_streams(rans, encoded, [p.size for p in planes])
+    rng = np.random.default_rng(len(planes))
+    used = [max(1, min(lanes[i % 4], p.size)) for i, p in enumerate(planes)]
+    carries = [rng.integers(0, 1 << 16, u).astype(np.uint16) for u in used]
+    encoded = [rans.encode(p, lanes[i % 4], carry=carries[i]) for i, p in enumerate(planes)]
+    ok, decoded, streams = _decode_streams(rans, encoded, [p.size for p in planes], with_streams=True)
     assert ok
     for a, b in zip(planes, decoded):
         assert np.array_equal(a, b)
+    for carry, stream in zip(carries, streams):  # the bits carried in the start states come back
+        assert np.array_equal(stream.carry, carry)
 
 
 @FAST

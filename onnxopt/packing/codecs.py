@@ -8,6 +8,8 @@ inside the compressed index, where similar tables of many tensors compress toget
     ZLIB    - / zlib level 9 stream (wins on tensors with repeats: lookup tables, STFT bases, shapes)
     LZMA    u8 log2(dictionary size) / raw LZMA2 stream (stdlib, C-backed)
     PLANES  u8 itemsize, then per byte plane u8 plane codec + its meta / the RAW planes' bytes
+            (the *pool*), minus its last 2 bytes per rANS lane, which ride in the lanes' start
+            states (see rans.encode); the decoder recomputes that split from the lane counts
     REF     uvarint index of an earlier record with the same payload / - (deduplication)
     BUNDLE  uvarint bundle bytes, u8 inner codec, inner meta / inner bulk: small tensors of one
             itemsize coded together (one set of tables for all); this record's data is the
