@@ -323,7 +323,7 @@ def _decode_streams(module, encoded, sizes, with_streams=False):
     dest = 0
     for e, n in zip(encoded, sizes):
         r = Reader(e.header, "test")
-        s = module.parse(r, n, LIMITS.max_lanes)
+        s = module.parse(r, n, LIMITS)
         r.done()
         s.dest = dest
         streams.append(s)

@@ -39,7 +39,7 @@ import numpy as np
 
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.entropy import counts, entropy_bits, plane_histograms
-from onnxopt.packing.format import CorruptPackError, Limits, Reader
+from onnxopt.packing.format import LIMITS, CorruptPackError, Limits, Reader
 from onnxopt.packing.lanes import EncodedStream, LaneStream
 from onnxopt.packing.planes import split_planes
 
@@ -90,6 +90,10 @@ class PackOptions:
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_steps <= LIMITS.max_steps:
+            raise ValueError(f"max_steps must be in 1..{LIMITS.max_steps} (readers refuse longer streams)")
 
     @staticmethod
     def from_codecs(codecs: Iterable[str] | None) -> PackOptions:
@@ -361,7 +365,7 @@ def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
             parsed.fills.append((p, 0, r.u8()))
         else:
             module = rans if codec is PlaneCodec.RANS else huffman
-            stream = module.parse(r, n, limits.max_lanes)
+            stream = module.parse(r, n, limits)
             stream.dest, stream.stride = p, itemsize
             parsed.extent = max(parsed.extent, p + (stream.lanes * stream.steps - 1) * itemsize + 1)
             (parsed.rans if codec is PlaneCodec.RANS else parsed.huffman).append(stream)

@@ -60,7 +60,9 @@ class Limits:
     max_index_bytes: int = 1 << 30
     max_records: int = 1 << 24
     max_dims: int = 64
-    max_lanes: int = 1 << 22
+    max_lanes: int = 1 << 28
+    #: lockstep steps (symbols per lane) of any stream: bounds the decode loop of a hostile file
+    max_steps: int = 1 << 16
 
 
 LIMITS = Limits()

@@ -19,7 +19,14 @@ import heapq
 
 import numpy as np
 
-from onnxopt.packing.format import CorruptPackError, Reader, read_symbol_set, write_symbol_set, write_uvarint
+from onnxopt.packing.format import (
+    CorruptPackError,
+    Limits,
+    Reader,
+    read_symbol_set,
+    write_symbol_set,
+    write_uvarint,
+)
 from onnxopt.packing.lanes import EncodedStream, LaneBatch, LaneStream
 
 MAX_LEN = 12
@@ -176,10 +183,10 @@ def _decode_table(present: list[int], lengths: list[int]) -> np.ndarray:
     return table
 
 
-def parse(r: Reader, n: int, max_lanes: int) -> LaneStream:
+def parse(r: Reader, n: int, limits: Limits) -> LaneStream:
     """Read one stream header for an ``n``-symbol plane (its later words are in the shared section)."""
     lanes = r.uvarint()
-    if not 1 <= lanes <= min(n, max_lanes):
+    if not 1 <= lanes <= min(n, limits.max_lanes) or -(-n // lanes) > limits.max_steps:
         raise CorruptPackError(f"{r.what}: Huffman lane count {lanes} invalid for {n} symbols")
     present = read_symbol_set(r)
     if len(present) < 2:

@@ -195,6 +195,8 @@ def restore_payload(t: TensorProto, kind: Kind, store: int, data: bytes) -> None
     if kind is Kind.RAW_DATA:
         t.raw_data = data
     elif kind in WIRE_TAG:
+        if len(data) % (4 if kind is Kind.FLOAT_DATA else 8):
+            raise CorruptPackError(f"tensor {t.name!r}: {len(data)} bytes is not a whole number of values")
         head = bytearray([WIRE_TAG[kind]])
         write_uvarint(head, len(data))
         t.MergeFromString(bytes(head) + data)

@@ -30,6 +30,7 @@ import numpy as np
 
 from onnxopt.packing.format import (
     CorruptPackError,
+    Limits,
     Reader,
     nibble_varint_bytes,
     read_nibble_varints,
@@ -234,10 +235,10 @@ def _decode_table(present: list[int], freqs: list[int]) -> np.ndarray:
     return (sym | (freq_of << 8) | (bias << 20)).astype(np.uint32)
 
 
-def parse(r: Reader, n: int, max_lanes: int) -> LaneStream:
+def parse(r: Reader, n: int, limits: Limits) -> LaneStream:
     """Read one stream header for an ``n``-symbol plane (its words are in the shared section)."""
     lanes = r.uvarint()
-    if not 1 <= lanes <= min(n, max_lanes):
+    if not 1 <= lanes <= min(n, limits.max_lanes) or -(-n // lanes) > limits.max_steps:
         raise CorruptPackError(f"{r.what}: rANS lane count {lanes} invalid for {n} symbols")
     present = read_symbol_set(r)
     if len(present) < 2:
