@@ -157,7 +157,7 @@ class PassManager:
         base = current
         if p.min_opset and default_opset(current) < p.min_opset:
             base = upgrade_opset(current, p.min_opset)
-        graph = to_graph(base, infer=True)
+        graph = to_graph(base, infer=p.needs_shapes)
         if p.min_opset and graph.opset < p.min_opset:
             graph.opset = p.min_opset
         context.model = base

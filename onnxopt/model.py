@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxopt.errors import BadModelError, OutputError, PassError
 
@@ -67,9 +68,21 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
-    """Bytes of data a tensor holds in memory (raw or typed fields), without materializing it."""
-    if t.HasField("raw_data") or t.raw_data:
-        return len(t.raw_data)
+    """Bytes of data a tensor holds in memory (raw or typed fields), without materializing it.
+
+    Reading ``raw_data`` copies it, so for raw tensors the size comes from dims x itemsize when the
+    protobuf's own serialized size agrees, and from ``ByteSize()`` otherwise (malformed tensors).
+    """
+    if t.HasField("raw_data"):
+        if t.data_type and t.data_type != onnx.TensorProto.STRING:
+            try:
+                itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            except (KeyError, TypeError, ValueError):
+                itemsize = 0
+            n = itemsize * int(np.prod(t.dims, dtype=np.int64)) if itemsize else -1
+            if 0 <= n <= t.ByteSize():
+                return n
+        return t.ByteSize()
     for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
         values = getattr(t, field)
         if len(values):
@@ -552,6 +565,11 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
                 init.CopyFrom(src)
                 init.name = name
     model.ir_version = like.ir_version
+    if like.ir_version < 4:  # IR < 4 requires every initializer to be a graph input as well
+        listed = {i.name for i in model.graph.input}
+        for init in model.graph.initializer:
+            if init.name not in listed:
+                model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     opsets = {o.domain: o.version for o in like.opset_import}
     for o in model.opset_import:  # a pass may have raised an opset (e.g. QDQ needs 13)
         opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)

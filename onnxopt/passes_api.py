@@ -49,6 +49,8 @@ class Pass(ABC):
     kind: ClassVar[Kind]
     #: minimum default-domain opset this pass needs; the manager upgrades the model first
     min_opset: ClassVar[int] = 0
+    #: whether the graph should arrive with ONNX-inferred dtypes/shapes (False: the pass infers its own)
+    needs_shapes: ClassVar[bool] = True
 
     @abstractmethod
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:

@@ -25,4 +25,5 @@ BUILTIN_PASSES: list[type[Pass]] = [
 ]
 
 #: the lossless pipeline `python -m onnxopt IN OUT` runs
-DEFAULT_PIPELINE: list[str] = ["simplify", "eliminate-identity", "cleanup"]
+#: (simplify subsumes eliminate-identity and cleanup; they stay available for --passes)
+DEFAULT_PIPELINE: list[str] = ["simplify"]

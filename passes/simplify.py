@@ -311,6 +311,7 @@ class Simplify(Pass):
 
     name = "simplify"
     kind = Kind.NUMERIC
+    needs_shapes = False  # the engine keeps its own ShapeInfo
 
     def __init__(self, *, max_bytes: int = 4096, size_limit_ratio: float | None = 2.0,
                  growth_budget: int | None = None, fuse: bool = True, max_iterations: int = 10):
@@ -329,6 +330,7 @@ class SimplifyExact(Pass):
 
     name = "simplify-exact"
     kind = Kind.EXACT
+    needs_shapes = False  # the engine keeps its own ShapeInfo
 
     def __init__(self, *, max_iterations: int = 10):
         self.engine = _Engine(fold=False, fuse=False, policy=FoldPolicy(), max_iterations=max_iterations)
@@ -343,6 +345,7 @@ class CommonSubexpressionElimination(Pass):
 
     name = "cse"
     kind = Kind.EXACT
+    needs_shapes = False  # the engine keeps its own ShapeInfo
 
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
         ensure_sorted(graph)
@@ -356,6 +359,7 @@ class FuseLinear(Pass):
 
     name = "fuse-linear"
     kind = Kind.NUMERIC
+    needs_shapes = False  # the engine keeps its own ShapeInfo
 
     def __init__(self, *, max_iterations: int = 10):
         self.engine = _Engine(fold=False, fuse=True, policy=FoldPolicy(), max_iterations=max_iterations,
