@@ -116,15 +116,20 @@ class Reader:
         return view
 
     def u8(self) -> int:
-        self.need(1)
-        value = self.buf[self.pos]
-        self.pos += 1
-        return value
+        pos = self.pos
+        if pos >= self.end:
+            self.need(1)
+        self.pos = pos + 1
+        return self.buf[pos]
 
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "little")
 
     def uvarint(self, limit: int = 1 << 63, name: str = "value") -> int:
+        pos = self.pos
+        if pos < self.end and self.buf[pos] < 0x80 and self.buf[pos] <= limit:  # one-byte fast path
+            self.pos = pos + 1
+            return self.buf[pos]
         result = 0
         shift = 0
         while True:

@@ -83,6 +83,9 @@ def dtype_name(data_type: int) -> str:
 # --------------------------------------------------------------------------- walking
 
 
+_A = onnx.AttributeProto
+
+
 def _walk_graph(graph: onnx.GraphProto) -> Iterator[TensorProto]:
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
@@ -93,20 +96,26 @@ def _walk_graph(graph: onnx.GraphProto) -> Iterator[TensorProto]:
 
 
 def _walk_nodes_attrs(node: onnx.NodeProto) -> Iterator[TensorProto]:
+    # dispatch on the declared type: a tensor hidden in a field of another type just stays in the
+    # skeleton (packing and unpacking walk identically, so that is still exact)
     for attr in node.attribute:
-        if attr.HasField("t"):
+        kind = attr.type
+        if kind == _A.TENSOR:
             yield attr.t
-        yield from attr.tensors
-        if attr.HasField("sparse_tensor"):
+        elif kind == _A.TENSORS:
+            yield from attr.tensors
+        elif kind == _A.SPARSE_TENSOR:
             yield attr.sparse_tensor.values
             yield attr.sparse_tensor.indices
-        for sparse in attr.sparse_tensors:
-            yield sparse.values
-            yield sparse.indices
-        if attr.HasField("g"):
+        elif kind == _A.SPARSE_TENSORS:
+            for sparse in attr.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+        elif kind == _A.GRAPH:
             yield from _walk_graph(attr.g)
-        for g in attr.graphs:
-            yield from _walk_graph(g)
+        elif kind == _A.GRAPHS:
+            for g in attr.graphs:
+                yield from _walk_graph(g)
 
 
 def walk_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
