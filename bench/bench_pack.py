@@ -25,6 +25,8 @@ zstd and brotli come from the ``zstandard`` and ``brotli`` packages (the ``bench
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import lzma
 import statistics
 import sys
@@ -135,7 +137,27 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int) -> Row:
+class BaselineCache:
+    """Baseline compressor sizes by input digest (brotli-11 and xz-9 are slow on big models)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, int] = {}
+        if path is not None and path.is_file():
+            self.data = json.loads(path.read_text())
+
+    def size(self, label: str, data: bytes, compute: Callable[[], int]) -> int:
+        """``compute()`` (a compressed size) for ``label`` applied to ``data``, cached by digest."""
+        key = f"{label}:{hashlib.sha256(data).hexdigest()}"
+        if key not in self.data:
+            self.data[key] = compute()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(json.dumps(self.data, indent=0))
+        return self.data[key]
+
+
+def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, cache: BaselineCache) -> Row:
     row = Row(name)
     weights = weight_bytes(model)
     row.weights, row.file = len(weights), len(file_bytes)
@@ -147,9 +169,10 @@ def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int) -
     row.bound, row.byte_bound = result.entropy_bound_bytes, result.byte_entropy_bound_bytes
     row.exact = unpack_model(result.data).SerializeToString() == model.SerializeToString()
     for label, fn in BASELINES.items():
-        row.weight_sizes[label] = len(fn(weights))
-        row.file_sizes[label] = len(fn(file_bytes))
-    row.weight_sizes["zipnn-zstd-19"] = byte_grouped_zstd(model)
+        row.weight_sizes[label] = cache.size(label, weights, lambda fn=fn: len(fn(weights)))
+        row.file_sizes[label] = cache.size(label, file_bytes, lambda fn=fn: len(fn(file_bytes)))
+    # (keyed by the weight bytes, which fix the tensors it groups)
+    row.weight_sizes["zipnn-zstd-19"] = cache.size("zipnn-zstd-19", weights, lambda: byte_grouped_zstd(model))
     row.pack_s = median_time(lambda: pack_model(model), repeat)
     row.unpack_s = median_time(lambda: unpack_model(result.data), repeat)
     compressed = zlib.compress(weights, 9)
@@ -255,21 +278,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median)")
     ap.add_argument("--out", help="also write the markdown tables here")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 versions")
+    ap.add_argument(
+        "--cache",
+        default=str(Path(__file__).resolve().parent / "results" / "baseline_sizes.json"),
+        help="file caching baseline compressor sizes by input digest ('' to disable)",
+    )
     args = ap.parse_args(argv)
     paths = sorted(Path(args.models).glob("*.onnx"))
     if not paths:
         print(f"no .onnx files in {args.models}", file=sys.stderr)
         return 2
+    cache = BaselineCache(Path(args.cache) if args.cache else None)
     fp32: list[Row] = []
     int8: list[Row] = []
     for path in paths:
         name = path.stem
         print(f"... {name}", file=sys.stderr, flush=True)
         model = load(path, check=False)
-        fp32.append(measure(name, model, path.read_bytes(), args.repeat))
+        fp32.append(measure(name, model, path.read_bytes(), args.repeat, cache))
         if not args.no_int8:
             q = int8_version(model)
-            int8.append(measure(name, q, q.SerializeToString(), args.repeat))
+            int8.append(measure(name, q, q.SerializeToString(), args.repeat, cache))
     cmd = "python bench/bench_pack.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["## Packed files: onnxopt vs general-purpose compressors", "", f"Reproduce: `{cmd}`", ""]
     lines += report("Original models (as shipped)", fp32)
