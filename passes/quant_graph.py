@@ -500,6 +500,7 @@ class EmitOptions:
     per_channel: bool = True
     weight_method: str = "minmax"
     reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI (u8 x s8 pairs may saturate)
+    add_bias: bool = False  # give bias-less Conv/Gemm a zero int32 bias (for bias correction)
 
 
 class _Emitter:
@@ -604,6 +605,11 @@ class _Emitter:
         ax = axis if self.opts.per_channel else None
         scales = weight_scales(w, ax, self.opts.weight_method, qmax)
         b = None
+        if (bias_slot is not None and self.opts.add_bias and bias_len
+                and not (len(node.inputs) > bias_slot and node.inputs[bias_slot].name)):
+            while len(node.inputs) < bias_slot:
+                node.inputs.append(gs.Variable.empty())
+            node.inputs.append(gs.Constant(self.gen(f"{node.name}_zero_bias"), np.zeros(bias_len, np.float32)))
         if bias_slot is not None and len(node.inputs) > bias_slot and node.inputs[bias_slot].name:
             b = np.asarray(_const(node.inputs[bias_slot]), np.float32).reshape(-1)
             if b.size == 1 and bias_len and bias_len > 1:

@@ -184,36 +184,72 @@ def mixed_precision(
     base_float: set[str],
     budget: Budget,
     *,
-    max_layers: int | None = None,
+    quick_evaluate: Callable[[set[str]], dict] | None = None,
     deadline: float | None = None,
-) -> tuple[set[str], list[dict], dict]:
-    """Return float nodes meeting ``budget`` with as few layers in float as the greedy order finds.
+    cost: dict[str, float] | None = None,
+) -> tuple[set[str], dict, dict]:
+    """Float nodes meeting ``budget`` with as few of ``layers`` in float as this search finds.
 
-    ``evaluate(float_nodes)`` builds the model and returns its fidelity summary. Sensitivity of a
-    layer = the SQNR gain when that layer alone goes back to float.
+    1. sensitivity of each layer: the SQNR gained when that layer alone goes back to float
+       (``quick_evaluate``, on fewer samples; layers not measured before ``deadline`` rank last);
+       with ``cost`` (MACs per layer) layers are ordered by gain per share of the int8 work, so the
+       cheap-but-sensitive ones go back to float before the expensive ones;
+    2. binary search for the smallest k such that the k most sensitive layers in float meet the
+       budget (``evaluate``, all samples).
+
+    Returns (float nodes, report, fidelity of the result). The report lists the chosen layers one
+    by one with their sensitivity, every evaluation of the search, and whether the budget was met.
     """
-    current = set(base_float)
-    start = evaluate(current)
-    steps: list[dict] = [{"layer": None, **_short(start)}]
-    if budget.met(start):
-        return current, steps, start
-    gains = []
+    quick = quick_evaluate or evaluate
+    start = evaluate(set(base_float))
+    report: dict = {"start": _short(start), "layers": [], "search": [], "met": budget.met(start)}
+    if report["met"] or not layers:
+        return set(base_float), report, start
+    ref = start.get("min_sqnr_db", -math.inf)
+    q0 = quick(set(base_float)).get("min_sqnr_db", -math.inf) if quick_evaluate else ref
+    gains: dict[str, float] = {}
     for name in layers:
         if deadline is not None and time.perf_counter() > deadline:
             break
-        s = evaluate(current | {name})
-        gains.append((s.get("min_sqnr_db", -math.inf) - start.get("min_sqnr_db", -math.inf), name))
-    gains.sort(key=lambda g: -g[0])
-    last = start
-    for gain, name in gains[: max_layers or len(gains)]:
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        current.add(name)
-        last = evaluate(current)
-        steps.append({"layer": name, "sensitivity_db": round(gain, 2), **_short(last)})
-        if budget.met(last):
-            break
-    return current, steps, last
+        gains[name] = quick(set(base_float) | {name}).get("min_sqnr_db", -math.inf) - q0
+    if cost:
+        # speed-aware order: fidelity gained per share of the int8 work given up
+        total = sum(cost.get(n, 0.0) for n in layers) or 1.0
+
+        def score(n: str) -> float:
+            g = gains.get(n, -math.inf)
+            return g / (cost.get(n, 0.0) / total + 0.02) if g > 0 else g
+
+        ranked = sorted(layers, key=lambda n: -score(n))
+    else:
+        ranked = sorted(layers, key=lambda n: -gains.get(n, -math.inf))
+    report["sensitivity_measured"] = len(gains)
+
+    results: dict[int, dict] = {}
+
+    def at(k: int) -> dict:
+        if k not in results:
+            results[k] = evaluate(set(base_float) | set(ranked[:k]))
+            report["search"].append({"k": k, **_short(results[k])})
+        return results[k]
+
+    lo, hi = 0, len(ranked)
+    if not budget.met(at(hi)):
+        report["met"] = False
+        report["reason"] = "the budget is not met even with every quantized layer in float"
+        return set(base_float), report, start
+    while hi - lo > 1:
+        if deadline is not None and time.perf_counter() > deadline + 120:
+            break  # keep the (safe) upper bound
+        mid = (lo + hi) // 2
+        if budget.met(at(mid)):
+            hi = mid
+        else:
+            lo = mid
+    chosen = ranked[:hi]
+    report["met"] = True
+    report["layers"] = [{"layer": n, "sensitivity_db": round(gains[n], 2) if n in gains else None} for n in chosen]
+    return set(base_float) | set(chosen), report, results[hi]
 
 
 def _short(s: dict) -> dict:

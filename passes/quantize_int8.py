@@ -40,7 +40,7 @@ from onnxopt.model import to_graph, to_model
 from onnxopt.passes_api import Kind, Pass, PassResult
 from onnxopt.validate import OrtRunner, compare_outputs, summarize
 
-from .quant_bias import bias_correct
+from .quant_bias import correct_biases
 from .quant_calib import METHODS, QParams, compute_range, qparams_u8
 from .quant_equalize import equalize, intermediate_tensors
 from .quant_graph import (
@@ -67,6 +67,11 @@ log = logging.getLogger(__name__)
 MAX_SPAN = 1e5
 #: calibration samples the pass keeps in memory for timing and mixed-precision fidelity
 HELD_SAMPLES = 8
+#: mixed precision aims this much above min_sqnr on calibration samples, so that held-out
+#: validation samples (which the run checks) still meet the budget
+MP_MARGIN_DB = 1.0
+#: int8 must beat fp32 by this fraction of the fp32 latency to be kept
+SPEED_MARGIN = 0.03
 
 
 def _usable(r: tuple[float, float] | None) -> bool:
@@ -95,7 +100,10 @@ class QuantizeInt8(Pass):
       speed_guard       time int8 against fp32 and keep in float the regions where int8 loses
       equalize          cross-layer equalization of consecutive Convs (depthwise-separable nets)
       bias_correction   empirical bias correction of int8 Conv/Gemm/MatMul outputs
-      min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision
+      min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision (defaults: the
+                        run's own default budget, 20 dB and 0.99; None switches a criterion off)
+      mp_budget_s       time allowed for the per-layer sensitivity measurements
+      min_macs          compute nodes below this many MACs stay float (no speed to gain)
       calibration_samples   use at most this many calibration samples (None: all)
       bins              histogram bins per tensor (memory per tensor = 8 x bins bytes)
       reduce_range      7-bit weights, for CPUs without VNNI
@@ -117,9 +125,9 @@ class QuantizeInt8(Pass):
         elementwise: bool = True,
         speed_guard: bool = True,
         equalize: bool = False,
-        bias_correction: bool = False,
-        min_sqnr: float | None = None,
-        min_cosine: float | None = None,
+        bias_correction: bool = True,
+        min_sqnr: float | None = 20.0,
+        min_cosine: float | None = 0.99,
         min_top1: float | None = None,
         calibration_samples: int | None = None,
         bins: int = 4096,
@@ -235,24 +243,22 @@ class QuantizeInt8(Pass):
                 raise PassError(f"quantize-int8: cannot place Q/DQ around tensors {sorted(bad)[:3]}")
             forced |= culprits
 
-    def _bias_layers(self, graph: gs.Graph, float_nodes: set[str], float_ops: set[str],
-                     ranges: dict[str, tuple[float, float]]) -> dict[str, int]:
-        """int8 Conv/Gemm nodes of a selection -> the channel axis of their output."""
-        plan, _ = self.plan(graph, float_nodes, float_ops, ranges)
-        by_name = {n.name: n for n in graph.nodes}
-        out = {}
-        for name in plan.int8_nodes(("conv", "gemm")):
-            out[name] = 1 if by_name[name].op == "Conv" else -1
-        return out
-
     def build(self, prepared: onnx.ModelProto, qp: dict[str, QParams], ranges: dict[str, tuple[float, float]],
-              float_nodes: set[str], float_ops: set[str]) -> tuple[onnx.ModelProto, Plan, dict]:
-        """The QDQ model for one selection (a fresh import of the prepared float model)."""
+              float_nodes: set[str], float_ops: set[str], correct_on: list | None = None
+              ) -> tuple[onnx.ModelProto, Plan, dict]:
+        """The QDQ model for one selection (a fresh import of the prepared float model); with
+        ``correct_on`` (calibration feeds) its biases are corrected against ``prepared``."""
         g = to_graph(prepared)
         plan, forced = self.plan(g, float_nodes, float_ops, ranges)
-        counts = emit(g, plan, qp, EmitOptions(self.per_channel, self.weight_method, self.reduce_range))
+        by_name = {n.name: n for n in g.nodes}
+        layers = {n: (1 if by_name[n].op == "Conv" else -1) for n in plan.int8_nodes(("conv", "gemm"))}
+        counts = emit(g, plan, qp, EmitOptions(self.per_channel, self.weight_method, self.reduce_range,
+                                                add_bias=self.bias_correction))
         counts["forced_float_by_range"] = sorted(forced)
-        return to_model(g, like=prepared), plan, counts
+        model = to_model(g, like=prepared)
+        if correct_on:
+            counts["bias_correction"] = correct_biases(model, prepared, layers, correct_on)
+        return model, plan, counts
 
     # ------------------------------------------------------------------ run
 
@@ -318,7 +324,7 @@ class QuantizeInt8(Pass):
             for label, fl in speed_candidates(live, set(float_nodes)):
                 model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
                 cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
-            decision = choose_fastest(prepared, cands, timing_feeds, threads=self.threads)
+            decision = choose_fastest(prepared, cands, timing_feeds, threads=self.threads, margin=SPEED_MARGIN)
             stats["speed_guard"] = decision.stats()
             if decision.chosen is None:
                 stats["reason"] = "int8 was not faster than fp32 on this machine for any selection; model kept float"
@@ -329,40 +335,36 @@ class QuantizeInt8(Pass):
                             "int8_ms": round((best.seconds or 0.0) * 1e3, 3),
                             "ratio": round((best.seconds or 0.0) / decision.fp32_seconds, 3)}
 
-        # bias correction on the chosen selection (the float model the QDQ model is built from)
-        if self.bias_correction:
-            layers = self._bias_layers(graph, chosen_float, float_ops, ranges)
-
-            def build_q(fm: onnx.ModelProto, fl: set[str] = chosen_float) -> onnx.ModelProto:
-                return self.build(fm, qp, ranges, fl, float_ops)[0]
-
-            prepared_bc, stats["bias_correction"] = bias_correct(prepared, build_q, layers, held)
-        else:
-            prepared_bc = prepared
+        bc_feeds = held if self.bias_correction else None  # bias correction on the calibration samples
 
         # mixed precision: fewest layers back in float to meet the fidelity budget
-        budget = MPBudget(self.min_sqnr, self.min_cosine, self.min_top1)
-        if budget.active:
+        budget = MPBudget(None if self.min_sqnr is None else self.min_sqnr + MP_MARGIN_DB, self.min_cosine,
+                          self.min_top1)
+        if budget.active and held:
             refs = _outputs(prepared, held)
+            quick_feeds = held[:2]
+            quick_refs = refs[:2]
 
-            def evaluate(fl: set[str]) -> dict:
-                m, _, _ = self.build(prepared_bc, qp, ranges, fl, float_ops)
-                return summarize(compare_outputs(refs, _outputs(m, held)))
+            def evaluate(fl: set[str], feeds=held, ref=refs, correct=bc_feeds) -> dict:
+                m, _, _ = self.build(prepared, qp, ranges, fl, float_ops, correct_on=correct)
+                return summarize(compare_outputs(ref, _outputs(m, feeds)))
 
-            _, plan_now = None, self.plan(graph, chosen_float, float_ops, ranges)[0]
+            plan_now, _ = self.plan(graph, chosen_float, float_ops, ranges)
             layers = plan_now.int8_nodes(COMPUTE_ROLES)
             before = set(chosen_float)
-            chosen_float, steps, last = mixed_precision(
-                evaluate, layers, chosen_float, budget, deadline=time.perf_counter() + self.mp_budget_s)
-            stats["mixed_precision"] = {
-                "budget": {k: v for k, v in vars(budget).items() if v is not None},
-                "samples": len(held), "met": budget.met(last),
-                "float_layers": sorted(chosen_float - before), "steps": steps,
-            }
+            chosen_float, mp, _ = mixed_precision(
+                evaluate, layers, chosen_float, budget,
+                quick_evaluate=lambda fl: evaluate(fl, quick_feeds, quick_refs, None),
+                deadline=time.perf_counter() + self.mp_budget_s, cost={n: c.macs for n, c in costs.items()})
+            mp["budget"] = {"min_sqnr_db": self.min_sqnr, "min_cosine": self.min_cosine, "min_top1": self.min_top1,
+                            "sqnr_margin_db": MP_MARGIN_DB if self.min_sqnr is not None else None,
+                            "samples": len(held), "data": "calibration samples"}
+            mp["float_layers"] = sorted(chosen_float - before)
+            stats["mixed_precision"] = mp
             if chosen_float != before:
                 final_timing = None
 
-        model, plan, counts = self.build(prepared_bc, qp, ranges, chosen_float, float_ops)
+        model, plan, counts = self.build(prepared, qp, ranges, chosen_float, float_ops, correct_on=bc_feeds)
         if not plan.int8_nodes():
             stats["reason"] = "every quantizable layer was kept float (excluded, tiny, or for the fidelity budget)"
             stats["float_nodes"] = sorted(chosen_float)
@@ -379,6 +381,10 @@ class QuantizeInt8(Pass):
         if final_timing is not None:
             final_timing["threads"] = self.threads
             stats["latency"] = final_timing
+            if self.speed_guard and final_timing["ratio"] >= 1.0 - SPEED_MARGIN:
+                stats["reason"] = ("after keeping layers float for fidelity, int8 is no longer faster than fp32; "
+                                   "model kept float")
+                return PassResult(False, stats)
         if context.validation_feeds:
             val = list(context.validation_feeds)[:HELD_SAMPLES]
             stats["fidelity"] = {

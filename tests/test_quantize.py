@@ -30,7 +30,10 @@ def _calib(model: onnx.ModelProto, path, n: int = 10, seed: int = 100) -> str:
 
 
 def _quantize(model, tmp_path, **opts):
+    """Quantize with calibration data; speed guard and mixed precision off unless asked for."""
     opts.setdefault("speed_guard", False)
+    opts.setdefault("min_sqnr", None)
+    opts.setdefault("min_cosine", None)
     calib = _calib(model, tmp_path / "calib.npz")
     res = onnxopt.optimize(model, passes=[QuantizeInt8(**opts)], calibration=calib, validate="off")
     return res.model, res.report.passes[0]
@@ -263,21 +266,24 @@ def test_tiny_layers_stay_float_by_default(tmp_path):
 
 def test_mixed_precision_meets_budget_layer_by_layer(tmp_path):
     model = fixtures.get("depthwise_separable")
-    q0, e0 = _quantize(model, tmp_path, min_macs=0)
-    base = e0.stats["fidelity"]["min_sqnr_db"] if "fidelity" in e0.stats else _fidelity(model, q0, model)["min_sqnr_db"]
+    _, e0 = _quantize(model, tmp_path, min_macs=0, min_sqnr=None, min_cosine=None)
+    assert "mixed_precision" not in e0.stats
+    base = e0.stats["fidelity"]["min_sqnr_db"] if "fidelity" in e0.stats else None
+    q0 = _quantize(model, tmp_path, min_macs=0, min_sqnr=None, min_cosine=None)[0]
+    base = _fidelity(model, q0, model)["min_sqnr_db"] if base is None else base
     target = base + 6.0
-    _q, entry = _quantize(model, tmp_path, min_macs=0, min_sqnr=target)
+    _, entry = _quantize(model, tmp_path, min_macs=0, min_sqnr=target, min_cosine=None)
     mp = entry.stats["mixed_precision"]
-    assert mp["float_layers"] and mp["steps"][0]["layer"] is None
-    assert [s["layer"] for s in mp["steps"][1:]] == mp["float_layers"] or set(
-        s["layer"] for s in mp["steps"][1:]) == set(mp["float_layers"])
-    assert all("min_sqnr_db" in s for s in mp["steps"]) and all("sensitivity_db" in s for s in mp["steps"][1:])
-    if mp["met"]:
-        assert mp["steps"][-1]["min_sqnr_db"] >= target
+    assert mp["met"] and mp["layers"], mp
+    assert [x["layer"] for x in mp["layers"]] and all("sensitivity_db" in x for x in mp["layers"])
+    assert set(mp["float_layers"]) == {x["layer"] for x in mp["layers"]}
     assert set(mp["float_layers"]) <= set(entry.stats["float_nodes"])
+    assert mp["search"] and all("min_sqnr_db" in r for r in mp["search"])
+    chosen = next(r for r in mp["search"] if r["k"] == len(mp["layers"]))
+    assert chosen["min_sqnr_db"] >= target + 1.0 - 1e-6  # the pass's margin above the budget
     # a budget already met keeps everything int8
-    _q2, e2 = _quantize(model, tmp_path, min_macs=0, min_cosine=0.5)
-    assert e2.stats["mixed_precision"]["float_layers"] == []
+    _, e2 = _quantize(model, tmp_path, min_macs=0, min_sqnr=None, min_cosine=0.5)
+    assert e2.stats["mixed_precision"]["met"] and e2.stats["mixed_precision"]["float_layers"] == []
 
 
 def _cle_model() -> onnx.ModelProto:
@@ -326,11 +332,26 @@ def test_equalization_improves_int8_fidelity(tmp_path):
     assert s1["min_sqnr_db"] > s0["min_sqnr_db"] + 3.0, (s0, s1)
 
 
-def test_equalize_and_bias_correction_run_and_do_not_hurt(tmp_path):
+def test_bias_correction_removes_the_mean_shift(tmp_path):
     model = fixtures.get("depthwise_separable")
-    q0, _ = _quantize(model, tmp_path, min_macs=0)
-    q1, e1 = _quantize(model, tmp_path, min_macs=0, equalize=True, bias_correction=True)
-    assert e1.stats["bias_correction"]["layers"] > 0
+    q0, e0 = _quantize(model, tmp_path, min_macs=0, bias_correction=False)
+    q1, e1 = _quantize(model, tmp_path, min_macs=0, bias_correction=True)
+    assert "bias_correction" not in e0.stats["emitted"]
+    bc = e1.stats["emitted"]["bias_correction"]
+    assert bc["layers"] == e1.stats["int8_nodes"]["compute"] and bc["mean_abs_shift_removed"] > 0
+    # every int8 layer has an int32 bias (bias-less ones got a zero bias to correct)
+    inits = _inits(q1)
+    producers = {o: n for n in q1.graph.node for o in n.output}
+    for conv in (n for n in q1.graph.node if n.op_type == "Conv"):
+        assert inits[producers[conv.input[2]].input[0]].dtype == np.int32
+    feeds = [fixtures.random_feeds(model, seed=s) for s in range(200, 208)]
+    ref = OrtRunner(model).run_all(feeds)
+
+    def mean_err(q):
+        out = OrtRunner(q).run_all(feeds)
+        return float(np.mean([np.abs((o[k] - r[k]).mean()) for o, r in zip(out, ref) for k in r]))
+
+    assert mean_err(q1) < mean_err(q0)
     s0, s1 = _fidelity(model, q0, model), _fidelity(model, q1, model)
     assert s1["min_sqnr_db"] > s0["min_sqnr_db"] - 1.0, (s0, s1)
 
