@@ -6,7 +6,6 @@ Machines here are shared and noisy: every comparison runs its candidates interle
 
 from __future__ import annotations
 
-import json
 import resource
 import shlex
 import statistics
@@ -47,17 +46,40 @@ def ort_latency(models: dict[str, bytes | str], feed: dict[str, np.ndarray], rep
                                warmup=3)
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_measured(cmd: Sequence[str], timeout: float = 1800) -> dict:
-    """Run a command in a subprocess; return its wall seconds, peak RSS (MB), exit code and stdout."""
-    wrapper = (
-        "import json,resource,subprocess,sys,time;t=time.perf_counter();"
-        "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-        "r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-        "print(json.dumps({'rc':p.returncode,'seconds':time.perf_counter()-t,'rss_mb':r/1024,"
-        "'stdout':p.stdout[-2000:],'stderr':p.stderr[-2000:]}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, timeout=timeout)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run a command; return wall seconds, peak RSS (MB, from VmHWM polled every 20 ms), exit code, output.
+
+    ``ru_maxrss`` is not used: it survives exec, so a child forked from a big parent reports the
+    parent's size.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_kb(proc.pid))
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return {"rc": proc.returncode, "seconds": seconds, "rss_mb": peak / 1024,
+                "stdout": out.read().decode(errors="replace")[-2000:],
+                "stderr": err.read().decode(errors="replace")[-2000:]}
 
 
 def self_peak_rss_mb() -> float:
