@@ -82,10 +82,10 @@ def model_feeds(path: Path, count: int, seed: int, model: onnx.ModelProto | None
 
         return real_feeds(path, count, seed)
     except (ImportError, KeyError):
-        from onnxopt.data import input_specs, synthetic_feeds
+        from onnxopt.feeds import build_validation_set
 
         m = model if model is not None else onnx.load(str(path))
-        return list(synthetic_feeds(input_specs(m), count=count, seed=seed))
+        return list(build_validation_set(m, count=count, seed=seed).feeds)
 
 
 def save_npz(feeds: list[dict], path: Path) -> None:
@@ -97,7 +97,7 @@ def load_npz(path: Path) -> list[dict]:
         keys = list(z.keys())
         arrays = {k: z[k] for k in keys}
     n = len(arrays[keys[0]])
-    return [{k: arrays[k][i] for k in keys} for i in range(n)]
+    return [{k: np.asarray(arrays[k][i]) for k in keys} for i in range(n)]  # 0-d stays an array
 
 
 # --------------------------------------------------------------------------- quantizer workers
@@ -117,14 +117,18 @@ def worker_ort(model: str, calib: str, out: str, method: str) -> dict:
 
     pre = out + ".pre.onnx"
     note = ""
-    try:
-        quant_pre_process(model, pre)
-    except Exception as exc:  # the anchor's own preprocessing fails on several real models
+    method, _, variant = method.partition(":")
+    if variant == "nopre":
+        pre, note = model, "without quant_pre_process"
+    else:
         try:
-            quant_pre_process(model, pre, skip_symbolic_shape=True)
-            note = "pre_process without symbolic shapes"
-        except Exception:
-            pre, note = model, f"no pre_process ({type(exc).__name__})"
+            quant_pre_process(model, pre)
+        except Exception as exc:  # the anchor's own preprocessing fails on several real models
+            try:
+                quant_pre_process(model, pre, skip_symbolic_shape=True)
+                note = "pre_process without symbolic shapes"
+            except Exception:
+                pre, note = model, f"no pre_process ({type(exc).__name__})"
     reader = _Reader(load_npz(Path(calib)))
     cm = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
     quantize_static(pre, out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -251,6 +255,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings of model names")
     ap.add_argument("--opts", default="{}", help="JSON options for quantize-int8, e.g. '{\"method\": \"mse\"}'")
     ap.add_argument("--no-anchor", action="store_true", help="skip onnxruntime's quantizer")
+    ap.add_argument("--no-fallback", action="store_true",
+                    help="do not retry a failed anchor without quant_pre_process")
     ap.add_argument("--light", default="resnet50", help="onnx-bundled opset-9 architectures to add (random weights)")
     ap.add_argument("--mem-gb", type=float, default=8.0, help="memory cap per quantizer process")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -286,7 +292,10 @@ def main() -> int:
         info: dict[str, dict] = {}
         runs = [] if args.no_anchor else [("ort-minmax", "ort", "minmax"), ("ort-percentile", "ort", "percentile")]
         runs.append(("onnxopt", "onnxopt", args.opts))
-        for label, kind, arg in runs:
+        k = 0
+        while k < len(runs):
+            label, kind, arg = runs[k]
+            k += 1
             out = tmp / f"{short}_{label}.onnx"
             print(f"[{short}] {label}", file=sys.stderr, flush=True)
             res = run_worker(kind, path, cpath, out, arg, args.mem_gb, args.timeout)
@@ -295,8 +304,11 @@ def main() -> int:
                     run_all(out, val[:1])
                     cands[label] = out
                 except Exception as exc:
-                    res = {"ok": False, "error": f"invalid model: {str(exc).splitlines()[0][:160]}"}
+                    res = {"ok": False, "error": f"invalid model: {str(exc).splitlines()[0][:90]}"}
             info[label] = res
+            if kind == "ort" and not res.get("ok") and ":" not in arg and not args.no_fallback:
+                # the anchor as specified failed: also show what it gives without quant_pre_process
+                runs.insert(k, (f"{label} (no pre_process)", "ort", f"{arg}:nopre"))
         meas = measure(path, cands, val, args.repeat, args.threads) if cands else {}
         raw[short] = {"info": info, "measured": meas}
         for label, _, _ in runs:
@@ -304,6 +316,8 @@ def main() -> int:
             status = "ok" if m else f"fails: {i.get('error', '?')}"
             if label == "onnxopt" and m and i.get("stats", {}).get("reason"):
                 status = f"kept float: {i['stats']['reason']}"
+            if label == "onnxopt" and m and i.get("status") == "unchanged":
+                m = {**m, "ratio": None}  # the float model itself: its 'ratio' would only show timing noise
             rows.append([
                 short, label, status,
                 fmt(m and m["ratio"], ".2f"), fmt(m and m["fp32_ms"], ".2f"), fmt(m and m["size_mb"], ".2f"),

@@ -14,6 +14,9 @@ Node roles (what a node becomes when it runs in int8; see onnxruntime's
                pair and moves uint8 data (the output shares the input's scale and zero point);
 - ``scale``    Mul/Div by a positive scalar constant: no node at all, the DequantizeLinear that
                reads the quantized input gets ``scale * c`` (the int8 data is unchanged);
+- ``table``    Gather from a constant embedding table: the table is stored uint8 (per tensor) behind a
+               DequantizeLinear and the Gather's output gets a Q with the same parameters, so the
+               runtime gathers uint8 rows (a quarter of the bytes, in the file and in memory);
 - Relu / Clip(0, m) right after a node that writes a Q are absorbed into that Q's range (zero
   point 0, ``255 * scale <= m``), which is exact.
 
@@ -187,6 +190,10 @@ def node_role(node: gs.Node, *, matmul_activations: bool = True) -> Role | None:
             if r is None or axis not in (-1, r - 1):
                 return None
         return Role("unary", [0])
+    if op == "Gather" and len(ins) == 2 and _const(ins[1]) is None:
+        table = _const(ins[0])
+        if table is not None and table.dtype == np.float32 and table.ndim == 2 and table.size >= 4096:
+            return Role("table", [])  # an embedding table: stored uint8, gathered as uint8
     if op in PASS_OPS and ins and _is_activation(ins[0]) and len(node.outputs) == 1:
         if op == "MaxPool" and (len(node.outputs) > 1 or int(node.attrs.get("storage_order", 0))):
             return None
@@ -295,6 +302,7 @@ def make_plan(
     matmul_activations: bool = True,
     elementwise: bool = True,
     ranges: dict[str, tuple[float, float]] | None = None,
+    tables: bool = True,
 ) -> Plan:
     """Decide which nodes run int8 and where Q/DQ go (graph is only read).
 
@@ -314,6 +322,8 @@ def make_plan(
         if r is None or node.op in exclude_ops:
             continue
         if not elementwise and r.role in ELEMENTWISE_ROLES:
+            continue
+        if r.role == "table" and not tables:
             continue
         plan.candidates[node.name] = r
         if node.name in float_nodes:
@@ -354,7 +364,7 @@ def make_plan(
 
     for node in graph.nodes:  # topological order
         r = roles.get(node.name)
-        if r is None:
+        if r is None or r.role == "table":
             continue
         ins = [node.inputs[i] for i in r.acts]
         if r.role in COMPUTE_ROLES:
@@ -427,6 +437,9 @@ def make_plan(
             selected[p.name] = r
             needed.append(p.inputs[r.acts[0]])
 
+    for name, r in roles.items():
+        if r.role == "table":
+            selected[name] = r
     plan.roles = selected
     plan.q_output = q_output
     plan.absorbed = absorbed
@@ -660,6 +673,27 @@ class _Emitter:
         self.node("DequantizeLinear", [q_c, s_c, z_c], [out], f"{base}_DequantizeLinear")
         node.inputs[slot] = out
 
+    def table(self, node: gs.Node) -> None:
+        """Gather(table, ids): the table becomes uint8 behind a DQ, the output a Q/DQ pair with the
+        same parameters (onnxruntime then gathers uint8 rows directly)."""
+        v = np.asarray(_const(node.inputs[0]), np.float32)
+        p = qparams_u8(float(v.min()), float(v.max()))
+        q = np.asarray(np.clip(np.round(v / p.scale) + p.zero_point, 0, 255), dtype=np.uint8)
+        base = node.inputs[0].name
+        s_c, z_c = self.consts(p)
+        q_c = gs.Constant(self.gen(f"{base}_quantized"), q)
+        deq = gs.Variable(self.gen(f"{base}_dequantized"), dtype=np.float32, shape=list(v.shape))
+        self.node("DequantizeLinear", [q_c, s_c, z_c], [deq], f"{base}_DequantizeLinear")
+        node.inputs[0] = deq
+        y = node.outputs[0]
+        fresh = gs.Variable(self.gen(f"{y.name}_float"), dtype=np.float32, shape=getattr(y, "shape", None))
+        node.outputs[0] = fresh
+        yq = gs.Variable(self.gen(f"{y.name}_quantized"), dtype=np.uint8, shape=getattr(y, "shape", None))
+        self.node("QuantizeLinear", [fresh, s_c, z_c], [yq], f"{y.name}_QuantizeLinear")
+        self.node("DequantizeLinear", [yq, s_c, z_c], [y], f"{y.name}_DequantizeLinear")
+        self.stats["tables_uint8"] += 1
+        self.stats["weight_bytes_int8"] += int(q.nbytes)
+
     # -- main
     def run(self) -> dict:
         order = list(self.g.nodes)
@@ -667,6 +701,9 @@ class _Emitter:
         for node in order:
             r = self.plan.roles.get(node.name)
             if r is None or r.role in ("pass", "scale"):
+                continue
+            if r.role == "table":
+                self.table(node)
                 continue
             scales = [self.use(node, i) for i in r.acts]
             if r.role == "conv":

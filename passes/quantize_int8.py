@@ -103,7 +103,8 @@ class QuantizeInt8(Pass):
       min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision (defaults: the
                         run's own default budget, 20 dB and 0.99; None switches a criterion off)
       mp_budget_s       time allowed for the per-layer sensitivity measurements
-      min_macs          compute nodes below this many MACs stay float (no speed to gain)
+      min_macs          compute nodes below this many MACs (and under 2% of the model's) stay float
+      tables            store constant embedding tables read by Gather as uint8
       calibration_samples   use at most this many calibration samples (None: all)
       bins              histogram bins per tensor (memory per tensor = 8 x bins bytes)
       reduce_range      7-bit weights, for CPUs without VNNI
@@ -135,6 +136,7 @@ class QuantizeInt8(Pass):
         threads: int = 1,
         mp_budget_s: float = 300.0,
         min_macs: float = 2**18,
+        tables: bool = True,
     ):
         if method not in METHODS:
             raise UsageError(f"quantize-int8: unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -167,6 +169,7 @@ class QuantizeInt8(Pass):
         self.threads = int(threads)
         self.mp_budget_s = float(mp_budget_s)
         self.min_macs = float(min_macs)
+        self.tables = bool(tables)
 
     # ------------------------------------------------------------------ helpers
 
@@ -232,7 +235,7 @@ class QuantizeInt8(Pass):
         while True:
             plan = make_plan(graph, float_nodes=float_nodes | forced, exclude_ops=float_ops,
                              matmul_activations=self.matmul_activations, elementwise=self.elementwise,
-                             ranges=ranges)
+                             ranges=ranges, tables=self.tables)
             if ranges is None:
                 return plan, forced
             bad = {root for root in plan.roots if not _usable(ranges.get(root))}
@@ -308,7 +311,9 @@ class QuantizeInt8(Pass):
         timing_feeds = held[:2]
         shapes = tensor_shapes(prepared, names, held[0]) if held else {}
         costs = node_costs(graph, plan0, shapes)
-        tiny = {n for n, c in costs.items() if c.macs < self.min_macs and n not in float_nodes}
+        total_macs = sum(c.macs for c in costs.values())
+        tiny = {n for n, c in costs.items()
+                if c.macs < self.min_macs and c.macs < 0.02 * total_macs and n not in float_nodes}
         if tiny:
             # tiny compute (squeeze-excite convs on 1x1 maps, classifier heads): no speed to gain,
             # and their few-channel, mostly-idle activations quantize badly
@@ -350,7 +355,7 @@ class QuantizeInt8(Pass):
                 return summarize(compare_outputs(ref, _outputs(m, feeds)))
 
             plan_now, _ = self.plan(graph, chosen_float, float_ops, ranges)
-            layers = plan_now.int8_nodes(COMPUTE_ROLES)
+            layers = plan_now.int8_nodes(COMPUTE_ROLES + ("table",))
             before = set(chosen_float)
             chosen_float, mp, _ = mixed_precision(
                 evaluate, layers, chosen_float, budget,
