@@ -187,6 +187,39 @@ def test_attention_mask_add_stays_float(tmp_path):
     assert out["min_cosine"] > 0.99, out
 
 
+def test_embedding_table_stored_uint8(tmp_path):
+    rng = np.random.default_rng(5)
+    table = numpy_helper.from_array(rng.normal(0, 0.1, (1000, 16)).astype(np.float32), "emb")
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], axis=0, name="lookup"),
+             helper.make_node("ReduceMean", ["e"], ["y"], axes=[1], keepdims=0, name="pool")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [table])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"ids": rng.integers(0, 1000, (1, 8)).astype(np.int64)} for _ in range(6)]
+    np.savez(tmp_path / "c.npz", ids=np.stack([f["ids"] for f in feeds]))
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_sqnr=None, min_cosine=None)],
+                           calibration=str(tmp_path / "c.npz"), validate="off")
+    q, entry = res.model, res.report.passes[0]
+    # a table alone is not worth the pass (no int8 compute): it reports unchanged
+    assert not entry.modified
+    # with a compute node behind it, the table is stored uint8 and gathered as uint8
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (16, 64)).astype(np.float32), "w")
+    nodes.append(helper.make_node("MatMul", ["y", "w"], ["z"], name="proj"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 64])], [table, w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False, min_sqnr=None, min_cosine=None)],
+                           calibration=str(tmp_path / "c.npz"), validate="off")
+    q, entry = res.model, res.report.passes[0]
+    assert entry.stats["emitted"]["tables_uint8"] == 1
+    gather = next(n for n in q.graph.node if n.op_type == "Gather")
+    dq = next(n for n in q.graph.node if n.output[0] == gather.input[0])
+    assert _inits(q)[dq.input[0]].dtype == np.uint8
+    assert q.ByteSize() < 0.4 * model.ByteSize()
+    s = summarize(compare_outputs(OrtRunner(model).run_all(feeds), OrtRunner(q).run_all(feeds)))
+    assert s["min_cosine"] > 0.99, s
+
+
 def test_old_opset9_model(tmp_path):
     model = fixtures.get("old_opset")
     assert model.opset_import[0].version == 9
@@ -223,7 +256,7 @@ def test_no_calibration_data_is_loud(tmp_path):
 
 
 def test_nothing_to_quantize_is_unmodified(tmp_path):
-    model = fixtures.get("int_and_bool_io")
+    model = fixtures.get("if_subgraph")  # compute only inside If branches: the main graph has none
     res = onnxopt.optimize(model, passes=[QuantizeInt8(speed_guard=False)], validate="off")
     entry = res.report.passes[0]
     assert entry.status == "unchanged" and not entry.modified and "reason" in entry.stats
