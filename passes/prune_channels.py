@@ -105,6 +105,7 @@ class PruneChannels(Pass):
         reconstruct_rows: int = 8192,
         ridge: float = 1e-3,
         reconstruct_inputs: str = "pruned",
+        reconstruct_stages: int = 1000,
     ):
         if not 0.0 <= float(ratio) < 1.0:
             raise UsageError(f"prune-channels: ratio must be in [0, 1), got {ratio}")
@@ -139,6 +140,9 @@ class PruneChannels(Pass):
             raise UsageError(f"prune-channels: reconstruct_inputs must be 'pruned' or 'original', "
                              f"got {reconstruct_inputs!r}")
         self.reconstruct_inputs = reconstruct_inputs
+        if int(reconstruct_stages) < 1:
+            raise UsageError(f"prune-channels: reconstruct_stages must be >= 1, got {reconstruct_stages}")
+        self.reconstruct_stages = int(reconstruct_stages)
 
     def options(self) -> dict[str, Any]:
         return {
@@ -248,7 +252,8 @@ class PruneChannels(Pass):
                 saved = _snapshot(layers)
                 t1 = time.perf_counter()
                 rec = Reconstructor(layers, rows_per_layer=self.reconstruct_rows, ridge=self.ridge,
-                                    seed=context.seed, x_source=self.reconstruct_inputs)
+                                    seed=context.seed, x_source=self.reconstruct_inputs,
+                                    max_stages=self.reconstruct_stages)
                 rec.run(original, graph, lambda: to_model(graph, like=like), data.feeds, data.count, names)
                 rec_stats.update(inputs=self.reconstruct_inputs, fitted=rec.fitted, stages=rec.stages_run,
                                  seconds=round(time.perf_counter() - t1, 2))

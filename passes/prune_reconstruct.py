@@ -45,6 +45,7 @@ class FitLayer:
     out_keep: np.ndarray  # kept output channels of the original output
     in_keep: np.ndarray | None = None  # kept input positions along the input's channel axis
     in_axis: int = 1
+    x_pruned: bool = True  # input read from the pruned model (else: original, restricted to kept channels)
     bias_node: gs.Node | None = None  # MatMul: the Add holding its bias
     bias_index: int = -1
     d_in: int = 0
@@ -123,16 +124,18 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """The part of ``model`` that computes ``outputs`` (every graph input kept), as a model.
+def segment(model: onnx.ModelProto, given: dict[str, np.ndarray] | set[str], outputs: list[str],
+            types: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+    """The part of ``model`` computing ``outputs`` from its graph inputs and the ``given`` tensors.
 
-    onnxruntime computes every node whatever outputs are fetched, so a stage that needs early
-    activations only runs the prefix of the model that produces them.
+    Returns the model (``given`` tensors it needs become graph inputs) and the names it reads
+    (graph inputs and given tensors). onnxruntime computes every node of a model whatever outputs
+    are fetched, so each reconstruction stage runs only the slice of the graph it has not run yet.
     """
     needed = set(outputs)
     nodes = []
     for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
+        if any(o in needed and o not in given for o in node.output):
             nodes.append(node)
             needed.update(i for i in node.input if i)
             needed |= _subgraph_reads(node)
@@ -143,17 +146,72 @@ def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     g = m.graph
     g.name = model.graph.name
     g.node.extend(reversed(nodes))
+    inits = {t.name for t in model.graph.initializer}
     g.initializer.extend(t for t in model.graph.initializer if t.name in needed)
-    g.input.extend(model.graph.input)
-    types = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    reads = []
+    for vi in model.graph.input:
+        if vi.name in needed and vi.name not in inits and vi.name not in given:
+            g.input.append(vi)
+            reads.append(vi.name)
+    for name in sorted(n for n in given if n in needed):
+        elem = types.get(name, onnx.TensorProto.FLOAT)
+        g.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        reads.append(name)
     for name in outputs:
-        vi = g.output.add()
-        vi.name = name
-        if name in types and types[name].type.tensor_type.elem_type:
-            vi.type.tensor_type.elem_type = types[name].type.tensor_type.elem_type
-        else:
-            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return m
+        g.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return m, reads
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor (shape inference on a weight-free copy)."""
+    from .prune_graph import _weightless
+
+    m = _weightless(model, {})
+    try:
+        m = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False)
+    except Exception as exc:  # types default to float
+        log.debug("type inference failed: %s", exc)
+    out = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            out[vi.name] = vi.type.tensor_type.elem_type
+    return out
+
+
+class _Stepper:
+    """Runs a model forward in slices, one slice per stage, keeping per sample only the frontier:
+    the computed tensors later slices still read."""
+
+    def __init__(self, types: dict[str, int]):
+        self.types = types
+        self.cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def prepare(self, model: onnx.ModelProto, want: set[str], keep: set[str]):
+        from onnxopt.validate import OrtRunner
+
+        given = set(next(iter(self.cache.values()))) if self.cache else set()
+        outputs = sorted((want | keep) - given)
+        self.keep = keep
+        self.want = want
+        if not outputs:
+            self.runner, self.reads = None, []
+            return
+        seg, self.reads = segment(model, given, outputs, self.types)
+        self.runner = OrtRunner(seg)
+
+    def step(self, i: int, feed: Feed) -> dict[str, np.ndarray]:
+        cached = self.cache.get(i, {})
+        values = dict(cached)
+        if self.runner is not None:
+            inputs = {n: (cached[n] if n in cached else feed[n]) for n in self.reads}
+            values.update(self.runner.run(inputs))
+        self.cache[i] = {n: values[n] for n in self.keep if n in values}
+        return values
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
 
 class Reconstructor:
@@ -167,9 +225,10 @@ class Reconstructor:
     """
 
     def __init__(self, layers: list[FitLayer], *, rows_per_layer: int, ridge: float, seed: int,
-                 x_source: str = "pruned", memory_bytes: int = 512 * 2**20):
+                 x_source: str = "pruned", max_stages: int = 1000, memory_bytes: int = 512 * 2**20):
         self.layers = layers
         self.x_source = x_source
+        self.max_stages = max(1, max_stages)
         self.rows_per_layer = rows_per_layer
         self.ridge = ridge
         self.rng = np.random.default_rng(seed)
@@ -179,60 +238,94 @@ class Reconstructor:
         self.skipped: list[str] = []
 
     def plan(self, graph: gs.Graph) -> list[list[FitLayer]]:
-        """Stages: layers grouped by dependency level (and split to fit the memory budget)."""
-        if self.x_source == "original":
-            levels = {id(ly): 0 for ly in self.layers}
-        else:
-            by_node = {id(ly.node): ly for ly in self.layers}
-            tensor_level: dict[str, int] = {}
-            levels = {}
-            for node in graph.nodes:
-                lvl = max((tensor_level.get(t.name, 0) for t in node.inputs if t.name), default=0)
-                layer = by_node.get(id(node))
-                if layer is not None:
-                    lvl += 1
-                    levels[id(layer)] = lvl
-                for t in node.outputs:
-                    tensor_level[t.name] = lvl
-        out: list[list[FitLayer]] = []
+        """Stages of layers; sets ``layer.x_pruned`` (read the input from the pruned model).
+
+        Layers are grouped by dependency level (a level's layers do not depend on each other).
+        Consecutive levels are merged into at most ``max_stages`` stages: within a stage, the first
+        level reads the pruned model (exact: everything upstream is already re-fitted) and deeper
+        levels read the original activations restricted to the kept channels, the state perfect
+        upstream reconstruction would produce. Never the pruned model's *stale* activations: a
+        layer fitted to compensate an upstream error that a later fit removes makes things worse.
+        """
+        by_node = {id(ly.node): ly for ly in self.layers}
+        tensor_level: dict[str, int] = {}
+        consumer_level: dict[str, int] = {}
+        level_of: dict[int, int] = {}
+        dynamic = {t.name for t in graph.inputs}  # tensors that depend on the inputs (constants never cached)
+        self.dynamic = dynamic
+        for node in graph.nodes:
+            reads = [t.name for t in node.inputs if t.name] + sorted(_gs_subgraph_reads(node))
+            if any(n in dynamic for n in reads):
+                dynamic.update(t.name for t in node.outputs if t.name)
+            lvl = max((tensor_level.get(n, 0) for n in reads), default=0)
+            layer = by_node.get(id(node))
+            if layer is not None:
+                lvl += 1
+                level_of[id(layer)] = lvl
+            for t in node.outputs:
+                tensor_level[t.name] = lvl
+            for n in reads:
+                consumer_level[n] = max(consumer_level.get(n, 0), lvl)
+        self.level_of, self.tensor_level, self.consumer_level = level_of, tensor_level, consumer_level
+        levels: dict[int, list[FitLayer]] = {}
         for layer in self.layers:
             if layer.memory() > self.memory_bytes:
-                levels.pop(id(layer), None)
                 self.skipped.append(f"{layer.node.name}: {layer.d_in} inputs, too wide to refit in memory")
-        for lvl in sorted(set(levels.values())):
-            cur: list[FitLayer] = []
-            mem = 0
-            for layer in self.layers:
-                if levels.get(id(layer)) != lvl:
-                    continue
+            elif id(layer) in level_of:
+                levels.setdefault(level_of[id(layer)], []).append(layer)
+        ordered = [levels[k] for k in sorted(levels)]
+        if self.x_source == "original":
+            per_stage = max(1, len(ordered))
+        else:
+            per_stage = max(1, math.ceil(len(ordered) / self.max_stages))
+        stages: list[list[FitLayer]] = []
+        cur: list[FitLayer] = []
+        cur_levels = mem = 0
+        for level in ordered:
+            for layer in level:
                 need = layer.memory()
                 if cur and mem + need > self.memory_bytes:
-                    out.append(cur)
-                    cur, mem = [], 0
+                    stages.append(cur)
+                    cur, cur_levels, mem = [], 0, 0
+                layer.x_pruned = self.x_source == "pruned" and (not cur or level_of[id(cur[0])] == level_of[id(layer)])
                 cur.append(layer)
                 mem += need
-            if cur:
-                out.append(cur)
-        return out
+            cur_levels += 1
+            if cur_levels >= per_stage:
+                stages.append(cur)
+                cur, cur_levels, mem = [], 0, 0
+        if cur:
+            stages.append(cur)
+        return stages
+
+    def frontier(self, t: int) -> set[str]:
+        """Tensors final once every layer up to level ``t`` is fitted and still read beyond it."""
+        return {n for n, lvl in self.tensor_level.items()
+                if lvl <= t < self.consumer_level.get(n, -1) and n in self.dynamic}
 
     def run(self, original: onnx.ModelProto, pruned: gs.Graph, export: Callable[[], onnx.ModelProto],
             feeds: Callable[[], Iterable[Feed]], n_samples: int, names: NameGen) -> None:
-        from onnxopt.validate import OrtRunner
-
         per_sample = max(16, math.ceil(self.rows_per_layer / max(n_samples, 1)))
         self.skipped.clear()
-        for stage in self.plan(pruned):
+        stages = self.plan(pruned)
+        if not stages:
+            return
+        types = elem_types(original)
+        model_p = export()  # patched in place after every stage (node i of the proto = graph.nodes[i])
+        index = {id(n): i for i, n in enumerate(pruned.nodes)}
+        inits = {t.name for t in model_p.graph.initializer}
+        orig_steps, pruned_steps = _Stepper(types), _Stepper(types)
+        use_pruned = False
+        for stage in stages:
             self.stages_run += 1
-            ys = sorted({ly.y_name for ly in stage})
-            xs = sorted({ly.x_name for ly in stage})
-            input_names = {t.name for t in original.graph.input}
-            px = [x for x in xs if x not in input_names]
-            if self.x_source == "original":
-                r_orig = OrtRunner(truncated(original, sorted(set(ys) | set(px))))
-                r_pruned = None
-            else:
-                r_orig = OrtRunner(truncated(original, ys))
-                r_pruned = OrtRunner(truncated(export(), px)) if px else None
+            levels = [self.level_of[id(ly)] for ly in stage]
+            t_pruned, t_orig = min(levels) - 1, max(levels)
+            want_p = {ly.x_name for ly in stage if ly.x_pruned}
+            want_o = {ly.y_name for ly in stage} | {ly.x_name for ly in stage if not ly.x_pruned}
+            use_pruned = self.x_source == "pruned"
+            orig_steps.prepare(original, want_o, self.frontier(t_orig))
+            if use_pruned:
+                pruned_steps.prepare(model_p, want_p, self.frontier(t_pruned))
             try:
                 for layer in stage:
                     d = layer.d_in + (1 if layer.has_bias else 0)
@@ -242,24 +335,29 @@ class Reconstructor:
                     else:
                         layer.xtx, layer.xty = np.zeros((d, d)), np.zeros((d, c))
                     layer.rows = 0
-                for feed in _limited(feeds(), n_samples):
-                    yo = r_orig.run(feed)
-                    if self.x_source == "original":
-                        xp = yo
-                    else:
-                        xp = r_pruned.run(feed) if r_pruned is not None else {}
+                for i, feed in enumerate(_limited(feeds(), n_samples)):
+                    yo = orig_steps.step(i, feed)
+                    xp = pruned_steps.step(i, feed) if use_pruned else {}
                     for layer in stage:
-                        x = np.asarray(feed[layer.x_name] if layer.x_name in feed else xp[layer.x_name])
-                        if self.x_source == "original" and layer.in_keep is not None:
-                            x = np.compress(layer.in_keep, x, axis=layer.in_axis)
+                        if layer.x_name in feed:
+                            x = np.asarray(feed[layer.x_name])
+                        elif layer.x_pruned:
+                            x = np.asarray(xp[layer.x_name])
+                        else:
+                            x = np.asarray(yo[layer.x_name])
+                            if layer.in_keep is not None:
+                                x = np.compress(layer.in_keep, x, axis=layer.in_axis)
                         self._accumulate(layer, x, np.asarray(yo[layer.y_name]), per_sample)
             finally:
-                r_orig.close()
-                if r_pruned is not None:
-                    r_pruned.close()
+                orig_steps.close()
+                if use_pruned:
+                    pruned_steps.close()
             for layer in stage:
                 self._solve(layer, names)
                 layer.xtx = layer.xty = None
+                for node in (layer.node, layer.bias_node):
+                    if node is not None and id(node) in index:
+                        _patch(model_p, index[id(node)], node, inits)
 
     # ------------------------------------------------------------------ accumulate / solve
 
@@ -420,6 +518,40 @@ class Reconstructor:
             bn = layer.bias_node
             shape = bn.inputs[layer.bias_index].values.shape
             bn.inputs[layer.bias_index] = gs.Constant(names(f"{base}_refit_b"), b.reshape(shape).astype(dtype))
+
+
+def _gs_subgraph_reads(node: gs.Node) -> set[str]:
+    names: set[str] = set()
+    for v in node.attrs.values():
+        subs = [v] if isinstance(v, gs.Graph) else [g for g in v if isinstance(g, gs.Graph)] \
+            if isinstance(v, (list, tuple)) else []
+        for sub in subs:
+            for n in sub.nodes:
+                names.update(t.name for t in n.inputs if t.name)
+                names |= _gs_subgraph_reads(n)
+    return names
+
+
+def _patch(model: onnx.ModelProto, i: int, node: gs.Node, inits: set[str]) -> None:
+    """Mirror a re-fitted node's inputs (new constants) and Gemm's beta into exported node ``i``."""
+    from onnx import numpy_helper
+
+    p = model.graph.node[i]
+    if p.op_type != node.op:
+        raise RuntimeError(f"exported node {i} is {p.op_type}, expected {node.op}")
+    del p.input[:]
+    p.input.extend(t.name for t in node.inputs)
+    for t in node.inputs:
+        if isinstance(t, gs.Constant) and t.name not in inits:
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(t.values), t.name))
+            inits.add(t.name)
+    if node.op == "Gemm" and "beta" in node.attrs:
+        for a in p.attribute:
+            if a.name == "beta":
+                a.f = float(node.attrs["beta"])
+                break
+        else:
+            p.attribute.append(onnx.helper.make_attribute("beta", float(node.attrs["beta"])))
 
 
 def _limited(it: Iterable[Feed], n: int) -> Iterator[Feed]:

@@ -485,6 +485,21 @@ def test_without_any_data_uses_synthetic_feeds():
     assert res.stats["reconstruction"]["fitted"] > 0
 
 
+@pytest.mark.parametrize("name", sorted(fixtures.FIXTURES))
+def test_every_fixture_valid_through_optimize(name):
+    """Zero crashes or invalid models: applied or unchanged, checker-clean, same interface, runs."""
+    model = fixtures.get(name)
+    result = optimize(model, passes=[PruneChannels(ratio=0.5, round_to=8, calibration_samples=4)], budget=LOOSE)
+    entry = result.report.passes[0]
+    assert entry.status in ("applied", "unchanged"), entry.message
+    assert entry.modified == (entry.status == "applied")
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
+    feeds = [fixtures.random_feeds(model, seed=3)]
+    ref, got = run(model, feeds)[0], run(result.model, feeds)[0]
+    assert {k: v.shape for k, v in ref.items()} == {k: v.shape for k, v in got.items()}
+
+
 # --------------------------------------------------------------------------- real models
 
 REAL_DIR = os.environ.get("ONNXOPT_REAL_MODELS", "")
