@@ -495,18 +495,24 @@ def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
-def _apply_inferred_types(graph: gs.Graph, types: dict[str, onnx.TypeProto]) -> None:
-    from onnx import helper as onnx_helper
-
-    seen: set[int] = set()
+def gs_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """A graphsurgeon graph and every subgraph nested in its nodes' attributes."""
     stack = [graph]
     while stack:
         g = stack.pop()
+        yield g
         for node in g.nodes:
             for value in node.attrs.values():
                 for sub in value if isinstance(value, (list, tuple)) else [value]:
                     if isinstance(sub, gs.Graph):
                         stack.append(sub)
+
+
+def _apply_inferred_types(graph: gs.Graph, types: dict[str, onnx.TypeProto]) -> None:
+    from onnx import helper as onnx_helper
+
+    seen: set[int] = set()
+    for g in gs_graphs(graph):
         for t in g.tensors().values():
             if id(t) in seen or isinstance(t, gs.Constant) or t.name not in types:
                 continue
@@ -528,16 +534,7 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     swapped: list[tuple[gs.Constant, LazyValues]] = []
-    graphs: list[gs.Graph] = []
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        graphs.append(g)
-        for node in g.nodes:
-            for value in node.attrs.values():
-                for sub in value if isinstance(value, (list, tuple)) else [value]:
-                    if isinstance(sub, gs.Graph):
-                        stack.append(sub)
+    graphs = list(gs_graphs(graph))
     sources: dict[str, onnx.TensorProto] = {}
     lazy = [t for g in graphs for t in g.tensors().values()
             if isinstance(t, gs.Constant) and type(t._values) is LazyValues]
