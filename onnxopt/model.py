@@ -390,8 +390,13 @@ def _to_raw(t: onnx.TensorProto) -> None:
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Weights to ``<name>.data`` (4 KB aligned), graph to ``path``; both atomic.
+
+    Each tensor's bytes are moved out of the proto while the graph is serialized and read back from
+    the written data file afterwards, so at most one tensor is ever held twice.
+    """
     data_name = path.name + ".data"
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    moved: list[tuple[onnx.TensorProto, int, int]] = []
     with atomic_output(path.parent / data_name, suffix=".data.tmp") as data_tmp:
         try:
             with open(data_tmp, "wb") as f:
@@ -400,29 +405,33 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
                     if t.data_type == onnx.TensorProto.STRING or tensor_nbytes(t) < EXTERNAL_TENSOR_MIN_BYTES:
                         continue
                     _to_raw(t)
-                    raw = t.raw_data
                     pad = (-offset) % 4096
                     f.write(b"\0" * pad)
                     offset += pad
+                    raw = t.raw_data
                     f.write(raw)
-                    moved.append((t, raw))
+                    length = len(raw)
+                    del raw
+                    moved.append((t, offset, length))
                     del t.external_data[:]
-                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                         entry = t.external_data.add()
                         entry.key, entry.value = key, value
                     t.data_location = onnx.TensorProto.EXTERNAL
                     t.ClearField("raw_data")
-                    offset += len(raw)
+                    offset += length
                 f.flush()
                 os.fsync(f.fileno())
             write_bytes_atomic(path, model.SerializeToString())
         except OSError as exc:
             raise OutputError(f"{path}: write failed ({exc.strerror})") from None
-        finally:
-            for t, raw in moved:  # put the caller's model back as it was
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.DEFAULT
-                t.raw_data = raw
+        finally:  # put the caller's model back as it was, one tensor at a time from the file just written
+            with open(data_tmp, "rb") as f:
+                for t, offset, length in moved:
+                    del t.external_data[:]
+                    t.data_location = onnx.TensorProto.DEFAULT
+                    f.seek(offset)
+                    t.raw_data = f.read(length)
 
 
 # --------------------------------------------------------------------------- graphsurgeon round trip
