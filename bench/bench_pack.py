@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxopt.model import load
 from onnxopt.packing import pack_model, unpack_model
-from onnxopt.packing.format import PREFIX_SIZE
 from onnxopt.packing.payload import walk_tensors
 from onnxopt.packing.planes import split_planes
 
@@ -164,7 +163,7 @@ def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, c
     result = pack_model(model)
     # everything the file spends on tensors: coded payloads, coder words, and the compressed index
     # (tables, lane states, lengths, shapes and a CRC32 per tensor); only the model skeleton is excluded
-    row.packed = result.file_bytes - result.skeleton_bytes - PREFIX_SIZE
+    row.packed = result.tensor_bytes_in_file
     row.packed_file = result.file_bytes
     row.bound, row.byte_bound = result.entropy_bound_bytes, result.byte_entropy_bound_bytes
     row.exact = unpack_model(result.data).SerializeToString() == model.SerializeToString()

@@ -20,10 +20,12 @@ inside the compressed index, where similar tables of many tensors compress toget
 Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
 
-Selection tries the candidates and keeps the smallest. Expensive trials are pruned: entropy-coder sizes
-are estimated exactly enough from histograms and only the winner is run (both when they are close),
-and LZ codecs on large tensors are tried on a sample first and run on the whole tensor only when the
-sample says they can beat byte grouping.
+Selection keeps the smallest candidate, with two speed-aware exceptions (each a PackOptions knob):
+Huffman must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass) and LZMA must
+beat the rest by 2% (it unpacks literal-heavy data at a few tens of MB/s). Trials are pruned: plane
+coder sizes are estimated from histograms (within ~0.1% of the real size), so only the chosen coder
+runs; planes whose entropy leaves no room are stored raw at once; LZ codecs on large tensors are
+tried on a sample first, and LZMA only where zlib came close.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class TensorReport:
     dtype: str
     shape: list[int]
     raw_bytes: int
-    packed_bytes: int
+    packed_bytes: int  # coded data + coder words + its index metadata before index compression
     entropy_bound_bytes: float  # order-0 entropy of the byte planes (the symbols our coders see)
     byte_entropy_bound_bytes: float  # order-0 entropy of the plain bytes
     codec: str
@@ -116,6 +116,11 @@ class PackResult:
     def file_bytes(self) -> int:
         return len(self.data)
 
+    @property
+    def tensor_bytes_in_file(self) -> int:
+        """What the file spends on tensors: everything but the fixed header and the model skeleton."""
+        return self.file_bytes - PREFIX_SIZE - self.skeleton_bytes
+
     def to_dict(self) -> dict:
         return {
             "file_bytes": self.file_bytes,
@@ -123,6 +128,7 @@ class PackResult:
             "index_bytes": self.index_bytes,
             "raw_bytes": self.raw_bytes,
             "packed_bytes": self.packed_bytes,
+            "tensor_bytes_in_file": self.tensor_bytes_in_file,
             "entropy_bound_bytes": round(self.entropy_bound_bytes, 1),
             "byte_entropy_bound_bytes": round(self.byte_entropy_bound_bytes, 1),
             "ratio": round(self.packed_bytes / self.raw_bytes, 5) if self.raw_bytes else None,
