@@ -200,7 +200,7 @@ def code_planes(data: np.ndarray, itemsize: int, options: PackOptions) -> Coded:
             if avail >= 2 * used:
                 carry = np.frombuffer(pool[avail - 2 * used : avail].tobytes(), dtype="<u2")
                 avail -= 2 * used
-            stream = rans.encode(plane, lanes, info, carry)
+            stream = rans.encode(plane, lanes, info, carry, tail=carry is None)
             meta += stream.header
             coded.rans.append(stream)
         elif codec is PlaneCodec.HUFFMAN:
@@ -372,12 +372,16 @@ def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
             parsed.extent = max(parsed.extent, p + (stream.lanes * stream.steps - 1) * itemsize + 1)
             (parsed.rans if codec is PlaneCodec.RANS else parsed.huffman).append(stream)
     r.done()
-    # the RAW planes' pool: its tail rides in rANS start states, the rest is the bulk
+    # the RAW planes' pool: its tail rides in rANS start states, the rest is the bulk; streams with
+    # no pool bytes left carry their own last two symbols instead
     avail = n * len(parsed.pool_planes)
     for stream in parsed.rans:
         if avail >= 2 * stream.lanes:
             avail -= 2 * stream.lanes
             stream.carry_at = avail
+        elif stream.steps >= rans.TAIL_MIN_STEPS:
+            stream.tail = True
+            stream.steps -= 2
     if len(bulk) != avail:
         raise CorruptPackError(f"{what}: {len(bulk)} bytes of raw planes, expected {avail}")
     pool = np.frombuffer(bulk, dtype=np.uint8)
@@ -417,10 +421,16 @@ def decode_alone(coded: Coded, raw_len: int, limits: Limits) -> bytes:
 
 
 def place_carries(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
-    """Write the pool bytes the rANS lanes carried back into the RAW planes of a decoded region."""
+    """Write the bytes the rANS lanes carried (pool bytes or their own last symbols) where they belong."""
     n = size // parsed.itemsize
     planes = np.array(parsed.pool_planes, dtype=np.int64)
     for stream in parsed.rans:
+        if stream.tail:  # rows steps and steps+1 of the plane (lane j: symbol row * lanes + j)
+            lanes = np.arange(stream.lanes, dtype=np.int64)
+            first = stream.dest + (stream.steps * stream.lanes + lanes) * stream.stride  # (dest is absolute)
+            out[first] = stream.carry & 0xFF
+            out[first + stream.lanes * stream.stride] = stream.carry >> 8
+            continue
         if stream.carry_at < 0:
             continue
         data = np.frombuffer(stream.carry.astype("<u2").tobytes(), dtype=np.uint8)

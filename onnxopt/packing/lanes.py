@@ -56,6 +56,7 @@ class LaneStream:
     stride: int = 1  # output distance between consecutive symbols (the itemsize)
     carry: np.ndarray | None = None  # rANS: the 16 bits per lane recovered from the final states
     carry_at: int = -1  # where in its tensor's raw-plane pool the carried bytes belong (-1: none)
+    tail: bool = False  # the carried bytes are the lanes' own last two symbols (not lockstep-decoded)
 
 
 def lane_order(steps: Sequence[int]) -> np.ndarray:

@@ -456,7 +456,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if not huffman.decode_batch(huff_streams, huff_words, out):
         raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
     for rec, p, off in zip(records, parsed, offsets):
-        if p is not None and p.pool_planes and p.rans:
+        if p is not None and p.rans:
             place_carries(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
     decoded: list[bytes | None] = []
     bundles: dict[int, bytes] = {}

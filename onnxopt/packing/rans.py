@@ -45,6 +45,8 @@ PRECISION = 12
 M = 1 << PRECISION
 LOW = 1 << 16  # lower bound of a normalized state
 STATE_BYTES = 4
+#: a stream this long (in steps) or longer may carry its lanes' last two symbols in the start states
+TAIL_MIN_STEPS = 3
 
 
 def quantize(hist: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -119,12 +121,17 @@ def estimate_bytes(hist: np.ndarray, lanes: int) -> tuple[float, np.ndarray]:
 
 
 def encode(
-    plane: np.ndarray, lanes: int, freqs: np.ndarray | None = None, carry: np.ndarray | None = None
+    plane: np.ndarray,
+    lanes: int,
+    freqs: np.ndarray | None = None,
+    carry: np.ndarray | None = None,
+    tail: bool = False,
 ) -> EncodedStream:
     """rANS-code a uint8 plane holding at least two distinct values, in ``lanes`` lanes.
 
     ``carry`` (one uint16 per lane) is stored for free in the lanes' start states: the decoder ends
-    each lane in state ``2**16 + carry`` instead of ``2**16`` ("bits back").
+    each lane in state ``2**16 + carry`` instead of ``2**16`` ("bits back"). With ``tail`` (and at
+    least 3 steps) the carried bits are the lanes' own last two symbols, which are then not coded.
     """
     n = plane.size
     if freqs is None:
@@ -137,6 +144,11 @@ def encode(
     pad = steps * lanes - n
     symbols = plane if not pad else np.concatenate([plane, np.full(pad, int(np.argmax(freqs)), np.uint8)])
     grid = symbols.reshape(steps, lanes)  # grid[t, j]: step t of lane j
+    if tail and steps >= TAIL_MIN_STEPS:
+        carry = grid[steps - 2].astype(np.uint16) | (grid[steps - 1].astype(np.uint16) << 8)
+        steps -= 2
+        grid = grid[:steps]
+        symbols = grid.reshape(-1)
     start = np.full(lanes, LOW, dtype=np.uint32)
     if carry is not None:
         start |= carry.astype(np.uint32)
