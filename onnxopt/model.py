@@ -545,8 +545,8 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     swapped: list[tuple[gs.Constant, LazyValues]] = []
     graphs = list(gs_graphs(graph))
     sources: dict[str, onnx.TensorProto] = {}
-    lazy = [t for g in graphs for t in g.tensors().values()
-            if isinstance(t, gs.Constant) and type(t._values) is LazyValues]
+    lazy = list({id(t): t for g in graphs for t in g.tensors().values()  # outer constants show up in subgraphs
+                 if isinstance(t, gs.Constant) and type(t._values) is LazyValues}.values())
     for t in lazy:
         if sources.setdefault(t.name, t._values.tensor) is not t._values.tensor:
             sources = {}  # distinct weights share a name across scopes: export them the plain way
@@ -561,7 +561,7 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:
         raise PassError(f"cannot export graph from onnx-graphsurgeon: {exc}") from None
     finally:
-        for t, values in swapped:
+        for t, values in reversed(swapped):
             t._values = values
     for exported in iter_graphs(model.graph):
         for init in exported.initializer:

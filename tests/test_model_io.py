@@ -204,3 +204,15 @@ def test_streamed_save_parses_back_identically(monkeypatch, tmp_path):
         back = onnx.load(out)
         assert back == model
         assert sorted(t.name for t in back.graph.initializer) == sorted(t.name for t in model.graph.initializer)
+
+
+def test_exporting_twice_keeps_outer_scope_weights():
+    """A weight read both outside and inside an If branch must survive repeated exports."""
+    import fixtures
+
+    model = fixtures.get("if_subgraph")
+    graph = mio.to_graph(model)
+    first = mio.to_model(graph, like=model)
+    second = mio.to_model(graph, like=model)
+    assert first == second
+    assert mio.weight_bytes(second) == mio.weight_bytes(first) > 0
