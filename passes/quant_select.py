@@ -11,10 +11,10 @@ several times slower. Rather than trusting a cost model, candidate selections ar
 3. all of them and the float model are timed in one process, interleaved, medians of repeated
    rounds; the fastest selection wins if it beats fp32 by ``margin``, else nothing is quantized.
 
-Mixed precision. Per-layer sensitivity = fidelity of the model with only that layer (its int8
-node) put back in float; layers are returned to float, most sensitive first, until the budget
-(min SQNR / cosine / top-1 agreement on the calibration samples held for it) is met; the report
-lists them one by one with the fidelity after each.
+Mixed precision. Per-layer sensitivity = output SQNR with only that layer in int8; layers are
+ordered by noise per unit of int8 work and the longest prefix that meets the budget (min SQNR /
+cosine / top-1 agreement on calibration samples) stays int8, found by binary search; the report
+lists every layer kept float with its sensitivity, and every evaluation of the search.
 """
 
 from __future__ import annotations
@@ -184,72 +184,69 @@ def mixed_precision(
     base_float: set[str],
     budget: Budget,
     *,
-    quick_evaluate: Callable[[set[str]], dict] | None = None,
+    solo_evaluate: Callable[[set[str]], dict] | None = None,
     deadline: float | None = None,
     cost: dict[str, float] | None = None,
 ) -> tuple[set[str], dict, dict]:
-    """Float nodes meeting ``budget`` with as few of ``layers`` in float as this search finds.
+    """Float nodes meeting ``budget`` with as many of ``layers`` in int8 as this search finds.
 
-    1. sensitivity of each layer: the SQNR gained when that layer alone goes back to float
-       (``quick_evaluate``, on fewer samples; layers not measured before ``deadline`` rank last);
-       with ``cost`` (MACs per layer) layers are ordered by gain per share of the int8 work, so the
-       cheap-but-sensitive ones go back to float before the expensive ones;
-    2. binary search for the smallest k such that the k most sensitive layers in float meet the
-       budget (``evaluate``, all samples).
+    1. each layer's own damage: the output SQNR with *only* that layer in int8 (``solo_evaluate``,
+       a few samples, bias correction included when the pass uses it); its noise power
+       10^(-SQNR/10) is what it adds to the output, roughly additively;
+    2. layers are ordered by noise per share of the int8 work (``cost``, MACs): cheap-noise,
+       expensive layers first (layers not measured before ``deadline`` come last);
+    3. binary search for the longest prefix of that order that, in int8 together, meets the budget
+       (``evaluate``, all samples); everything after it goes back to float.
 
-    Returns (float nodes, report, fidelity of the result). The report lists the chosen layers one
-    by one with their sensitivity, every evaluation of the search, and whether the budget was met.
+    Returns (float nodes, report, fidelity of the result). The report lists every layer kept float
+    with its solo SQNR, every evaluation of the search, and whether the budget was met.
     """
-    quick = quick_evaluate or evaluate
+    solo = solo_evaluate or evaluate
+    layers = list(layers)
     start = evaluate(set(base_float))
     report: dict = {"start": _short(start), "layers": [], "search": [], "met": budget.met(start)}
     if report["met"] or not layers:
         return set(base_float), report, start
-    ref = start.get("min_sqnr_db", -math.inf)
-    q0 = quick(set(base_float)).get("min_sqnr_db", -math.inf) if quick_evaluate else ref
-    gains: dict[str, float] = {}
+    all_float = set(base_float) | set(layers)
+    solo_sqnr: dict[str, float] = {}
     for name in layers:
         if deadline is not None and time.perf_counter() > deadline:
             break
-        gains[name] = quick(set(base_float) | {name}).get("min_sqnr_db", -math.inf) - q0
-    if cost:
-        # speed-aware order: fidelity gained per share of the int8 work given up
-        total = sum(cost.get(n, 0.0) for n in layers) or 1.0
+        solo_sqnr[name] = float(solo(all_float - {name}).get("min_sqnr_db", -math.inf))
+    report["sensitivity_measured"] = len(solo_sqnr)
+    total = sum((cost or {}).get(n, 0.0) for n in layers) or 1.0
 
-        def score(n: str) -> float:
-            g = gains.get(n, -math.inf)
-            return g / (cost.get(n, 0.0) / total + 0.02) if g > 0 else g
+    def key(n: str) -> float:
+        if n not in solo_sqnr:
+            return math.inf
+        noise = 10.0 ** (-min(solo_sqnr[n], 200.0) / 10.0)
+        share = (cost or {}).get(n, 0.0) / total if cost else 1.0 / len(layers)
+        return noise / (share + 0.02)
 
-        ranked = sorted(layers, key=lambda n: -score(n))
-    else:
-        ranked = sorted(layers, key=lambda n: -gains.get(n, -math.inf))
-    report["sensitivity_measured"] = len(gains)
+    order = sorted(layers, key=key)
+    results: dict[int, dict] = {len(order): start}
 
-    results: dict[int, dict] = {}
+    def at(m: int) -> dict:
+        if m not in results:
+            results[m] = evaluate(all_float - set(order[:m]))
+            report["search"].append({"int8_layers": m, **_short(results[m])})
+        return results[m]
 
-    def at(k: int) -> dict:
-        if k not in results:
-            results[k] = evaluate(set(base_float) | set(ranked[:k]))
-            report["search"].append({"k": k, **_short(results[k])})
-        return results[k]
-
-    lo, hi = 0, len(ranked)
-    if not budget.met(at(hi)):
-        report["met"] = False
-        report["reason"] = "the budget is not met even with every quantized layer in float"
-        return set(base_float), report, start
+    lo, hi = 0, len(order)  # int8 prefix length: lo meets the budget (all float), hi does not
     while hi - lo > 1:
         if deadline is not None and time.perf_counter() > deadline + 120:
-            break  # keep the (safe) upper bound
+            break  # keep the (safe) lower bound
         mid = (lo + hi) // 2
         if budget.met(at(mid)):
-            hi = mid
-        else:
             lo = mid
-    chosen = ranked[:hi]
+        else:
+            hi = mid
+    kept_float = order[lo:]
     report["met"] = True
-    report["layers"] = [{"layer": n, "sensitivity_db": round(gains[n], 2) if n in gains else None} for n in chosen]
-    return set(base_float) | set(chosen), report, results[hi]
+    report["layers"] = [{"layer": n, "solo_sqnr_db": round(solo_sqnr[n], 2) if n in solo_sqnr else None}
+                        for n in kept_float]
+    final = results.get(lo) if lo in results else evaluate(all_float - set(order[:lo]))
+    return set(base_float) | set(kept_float), report, final
 
 
 def _short(s: dict) -> dict:

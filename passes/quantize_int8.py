@@ -23,7 +23,6 @@ Steps (each reported in the stats):
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -297,7 +296,22 @@ class QuantizeInt8(Pass):
         # calibration: one streamed pass over the calibration set, histograms only
         names = calibration_tensors(graph, plan0)
         t1 = time.perf_counter()
-        tstats = collect_stats(prepared, names, self._calibration_feeds(context), bins=self.bins)
+        reservoir: list[tuple[int, Any]] = []
+        rng = context.rng(salt=4)
+
+        def keep_some(feeds):
+            # a uniform sample of the calibration set (reservoir sampling), for timing, bias correction
+            # and mixed precision: spread over the whole set, not its first samples
+            for i, feed in enumerate(feeds):
+                if len(reservoir) < HELD_SAMPLES:
+                    reservoir.append((i, feed))
+                else:
+                    j = int(rng.integers(0, i + 1))
+                    if j < HELD_SAMPLES:
+                        reservoir[j] = (i, feed)
+                yield feed
+
+        tstats = collect_stats(prepared, names, keep_some(self._calibration_feeds(context)), bins=self.bins)
         if max((s.count for s in tstats.values()), default=0) == 0:
             raise PassError("quantize-int8: no calibration samples (the calibration set is empty)")
         qp, unseen, ranges = self.qparams(tstats)
@@ -307,7 +321,7 @@ class QuantizeInt8(Pass):
             "tensors_without_values": len(unseen),
         }
         del tstats
-        held = list(itertools.islice(self._calibration_feeds(context), HELD_SAMPLES))
+        held = [f for _, f in sorted(reservoir, key=lambda t: t[0])]
         timing_feeds = held[:2]
         shapes = tensor_shapes(prepared, names, held[0]) if held else {}
         costs = node_costs(graph, plan0, shapes)
@@ -359,7 +373,7 @@ class QuantizeInt8(Pass):
             before = set(chosen_float)
             chosen_float, mp, _ = mixed_precision(
                 evaluate, layers, chosen_float, budget,
-                quick_evaluate=lambda fl: evaluate(fl, quick_feeds, quick_refs, None),
+                solo_evaluate=lambda fl: evaluate(fl, quick_feeds, quick_refs, quick_feeds if bc_feeds else None),
                 deadline=time.perf_counter() + self.mp_budget_s, cost={n: c.macs for n, c in costs.items()})
             mp["budget"] = {"min_sqnr_db": self.min_sqnr, "min_cosine": self.min_cosine, "min_top1": self.min_top1,
                             "sqnr_margin_db": MP_MARGIN_DB if self.min_sqnr is not None else None,
