@@ -4,21 +4,24 @@ Kind: LOSSY. What it keeps invariant: graph inputs/outputs (names, dtypes, shape
 output still float; opset >= 13 (the manager upgrades first).
 
 Steps (each reported in the stats):
-1. preprocessing (``quant_prep``): Constant-node weights to initializers, BatchNorm and affine
-   Mul/Add folded into Conv, Gemm alpha/beta folded;
-2. optional cross-layer equalization (``quant_equalize``) for depthwise-separable nets;
+1. preprocessing (``quant_prep``): Constant-node weights to initializers, inference no-ops out,
+   BatchNorm and affine Mul/Add folded into Conv, Gemm alpha/beta folded, MatMul + bias -> Gemm;
+2. optional cross-layer equalization (``quant_equalize``), data-driven, for Conv -> [Relu] -> Conv;
 3. placement (``quant_graph``): which nodes run int8 and where Q/DQ go, following onnxruntime's
-   QDQ selectors; Relu/Clip absorbed, Mul/Div by constants folded into DQ scales;
-4. calibration (``quant_calib``): streamed histograms, range by minmax / percentile / entropy / mse;
-5. emission: uint8 activations, int8 symmetric per-channel weights stored quantized behind a
-   DequantizeLinear, int32 biases at ``s_x * s_w``;
-6. optional empirical bias correction (``quant_bias``);
-7. speed guard (``quant_select``): int8 against fp32 timed in this process, interleaved; regions
-   where int8 loses are put back in float; if the whole model still loses, nothing is changed;
-8. optional mixed precision (``quant_select``): per-layer sensitivity, the fewest layers kept in
-   float to meet ``min_sqnr`` / ``min_cosine`` / ``min_top1``;
-9. proof: onnxruntime's optimized graph counted (int8 kernels vs float compute left), latency
-   ratio, fidelity on samples apart from calibration when the run has them.
+   QDQ selectors; Relu/Clip absorbed, Mul/Div by constants folded into DQ scales, embedding tables
+   stored uint8; tiny layers (squeeze-excite convs, heads) stay float;
+4. calibration (``quant_calib``): one streamed pass, histograms only, range by minmax /
+   percentile / entropy / mse;
+5. speed guard (``quant_select``): a few selections (all, no depthwise, intensity cuts) timed
+   against fp32 in this process, interleaved; the fastest that beats fp32 wins, else no change;
+6. emission: uint8 activations, int8 symmetric per-channel weights stored quantized behind a
+   DequantizeLinear, int32 biases at ``s_x * s_w``; sequential empirical bias correction
+   (``quant_bias``) of every int8 Conv/Gemm;
+7. mixed precision (``quant_select``): per-layer damage, then the most int8 layers that still meet
+   ``min_sqnr`` / ``min_cosine`` / ``min_top1`` (binary search), reported layer by layer;
+8. proof: onnxruntime's optimized graph counted (int8 kernels vs float compute left), latency
+   int8 vs fp32 interleaved (and the model kept float if int8 no longer wins), fidelity on the
+   run's validation samples, which are held apart from calibration when the run has them.
 """
 
 from __future__ import annotations
@@ -93,12 +96,13 @@ class QuantizeInt8(Pass):
       percentile        tail kept by "percentile" (99.999)
       per_channel       int8 weights per output channel (True) or per tensor
       weight_method     "minmax" (max |w|) or "mse" (per-channel clipping minimizing squared error)
-      exclude           node names or op types kept in float
+      exclude           node names or op types kept in float ("depthwise": every depthwise Conv);
+                        a comma-separated string is accepted
       matmul_activations quantize MatMul between two activations (attention)
       elementwise       quantize Add/Mul/Concat/pooling/Sigmoid/Softmax when it saves Q/DQ
       speed_guard       time int8 against fp32 and keep in float the regions where int8 loses
       equalize          cross-layer equalization of consecutive Convs (depthwise-separable nets)
-      bias_correction   empirical bias correction of int8 Conv/Gemm/MatMul outputs
+      bias_correction   sequential empirical bias correction of every int8 Conv/Gemm
       min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision (defaults: the
                         run's own default budget, 20 dB and 0.99; None switches a criterion off)
       mp_budget_s       time allowed for the per-layer sensitivity measurements
