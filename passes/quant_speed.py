@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feed
+from onnxopt.model import iter_graphs
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def kernel_counts(model: onnx.ModelProto) -> dict:
     if opt is None:
         return {"available": False}
     ops: Counter[str] = Counter()
-    for g in _graphs(opt.graph):
+    for g in iter_graphs(opt.graph):
         ops.update(n.op_type for n in g.node)
     int8 = {k: v for k, v in sorted(ops.items()) if k in INT8_KERNELS}
     flt = {k: v for k, v in sorted(ops.items()) if k in FLOAT_COMPUTE}
@@ -90,17 +91,6 @@ def kernel_counts(model: onnx.ModelProto) -> dict:
         "nodes_total": sum(ops.values()),
         "other_ops": {k: v for k, v in sorted(ops.items()) if k not in INT8_KERNELS | FLOAT_COMPUTE | QDQ_OPS},
     }
-
-
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from _graphs(sg)
 
 
 def interleaved_latency(models: Sequence[onnx.ModelProto | str], feeds: Sequence[Feed], *, repeat: int = 20,
