@@ -91,6 +91,7 @@ def optimize(
     tolerance: Tolerance | None = None,
     budget: Budget | None = None,
     run_budget: Budget | None = None,
+    budget_overrides: dict[str, float | None] | None = None,
     keep_going: bool = False,
     image_preprocess: ImagePreprocess | None = None,
     pack: bool = False,
@@ -100,7 +101,9 @@ def optimize(
 
     ``passes``: pass names or Pass instances (default: the lossless pipeline). ``calibration`` and
     ``validation_data`` are .npz files or folders of images (see ``image_preprocess``). ``pack`` writes a
-    packed model (lossless entropy-coded weights; ``onnxopt.load`` reads it back). The input is never
+    packed model (lossless entropy-coded weights; ``onnxopt.load`` reads it back). Lossy passes are
+    validated against ``budget`` if given, else their own (``Pass.budget``) or the default, with
+    ``budget_overrides`` (field name -> value) applied on top. The input is never
     modified. Raises an :class:`~onnxopt.errors.OnnxOptError` subclass on any failure, in which case
     nothing is written.
     """
@@ -170,7 +173,7 @@ def optimize(
         options=dict(options or {}),
     )
     manager = PassManager(pipeline, validate=validate, tolerance=tolerance, budget=budget,
-                          run_budget=run_budget, keep_going=keep_going)
+                          run_budget=run_budget, budget_overrides=budget_overrides, keep_going=keep_going)
     holder = [model]
     del model  # the manager holds the only reference: the original can be freed once a pass replaces it
     try:

@@ -71,9 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic integer inputs are drawn from [0, N) (default 16)")
     g.add_argument("--rtol", type=float, default=1e-4, help="lossless passes: relative tolerance (default 1e-4)")
     g.add_argument("--atol", type=float, default=1e-5, help="lossless passes: absolute tolerance (default 1e-5)")
-    g.add_argument("--min-cosine", type=float, default=0.99, help="lossy passes: min cosine per output (0.99)")
-    g.add_argument("--min-sqnr", type=float, default=20.0, help="lossy passes: min SQNR in dB per output (20)")
-    g.add_argument("--min-top1", type=float, default=0.0, help="lossy passes: min top-1 agreement (0 = off)")
+    g.add_argument("--min-cosine", type=float,
+                   help="lossy passes: min cosine per float output (default: the pass's own budget, else 0.99)")
+    g.add_argument("--min-sqnr", type=float,
+                   help="lossy passes: min SQNR in dB per float output (default: the pass's own, else 20)")
+    g.add_argument("--min-top1", type=float,
+                   help="lossy passes: min top-1 agreement of class-score outputs (default: off)")
+    g.add_argument("--min-agreement", type=float,
+                   help="lossy passes: min fraction of equal values in integer outputs such as labels (0.99)")
     g.add_argument("--keep-going", action="store_true",
                    help="roll back a lossy pass that misses its budget instead of failing the run")
     g = p.add_argument_group("output")
@@ -119,7 +124,11 @@ def pipeline_from_args(args: argparse.Namespace) -> list:
             raise UsageError(f"--prune takes a fraction between 0 and 1, got {args.prune}")
         pipeline.append(make_pass("prune-channels", ratio=args.prune))
     if args.quantize:
-        opts = {"method": args.calibrate_method} if args.calibrate_method else {}
+        opts: dict = {"method": args.calibrate_method} if args.calibrate_method else {}
+        # the budget flags also steer the pass's mixed precision (which layers stay float)
+        for flag, option in (("min_sqnr", "min_sqnr"), ("min_cosine", "min_cosine"), ("min_top1", "min_top1")):
+            if getattr(args, flag) is not None:
+                opts[option] = getattr(args, flag) or None
         pipeline.append(make_pass("quantize-int8", **opts))
     return pipeline
 
@@ -130,13 +139,14 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from onnxopt.images import ImagePreprocess, parse_floats, parse_size
     from onnxopt.model import write_bytes_atomic
     from onnxopt.progress import Progress
-    from onnxopt.validate import Budget, Tolerance
+    from onnxopt.validate import Tolerance
 
     Progress.enabled_default = not args.quiet
     passes = pipeline_from_args(args)
     if Path(args.input).resolve() == Path(args.output).resolve():
         log.info("output replaces the input; it is written atomically once everything succeeded")
-    budget = Budget(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr, min_top1=args.min_top1)
+    budget_overrides = {"min_cosine": args.min_cosine, "min_sqnr_db": args.min_sqnr, "min_top1": args.min_top1,
+                        "min_agreement": args.min_agreement}
     image_preprocess = ImagePreprocess(
         size=parse_size(args.image_size) if args.image_size else None,
         mean=parse_floats(args.mean, "--mean"), std=parse_floats(args.std, "--std"),
@@ -148,7 +158,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
             args.input, args.output, passes=passes, input_shapes=parse_input_shapes(args.input_shape),
             validation_data=args.validation_data, calibration=args.calibration, validate=args.validate,
             samples=args.samples, seed=args.seed, int_high=args.int_range,
-            tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget=budget, keep_going=args.keep_going,
+            tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget_overrides=budget_overrides,
+            keep_going=args.keep_going,
             image_preprocess=image_preprocess, pack=args.pack,
         )
         report = result.report

@@ -53,16 +53,28 @@ class PassManager:
         tolerance: Tolerance | None = None,
         budget: Budget | None = None,
         run_budget: Budget | None = None,
+        budget_overrides: dict[str, float | None] | None = None,
         keep_going: bool = False,
     ):
+        """``budget`` replaces every lossy pass's own budget; ``budget_overrides`` (the user's --min-*
+        flags: min_cosine, min_sqnr_db, min_top1, min_agreement) replace single fields of it. The
+        whole-run budget is ``run_budget`` or else the loosest budget of the pipeline's lossy passes.
+        """
         if validate not in VALIDATE_MODES:
             raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
         self.passes = list(passes)
         self.validate = validate
         self.tolerance = tolerance or Tolerance()
-        self.budget = budget or Budget()
-        self.run_budget = run_budget or self.budget
+        self.budget = budget
+        self.budget_overrides = dict(budget_overrides or {})
+        lossy = [self.budget_for(p) for p in self.passes if p.kind is Kind.LOSSY]
+        self.run_budget = run_budget or Budget.loosest(lossy or [self.budget_for(None)])
         self.keep_going = keep_going
+
+    def budget_for(self, p: Pass | None) -> Budget:
+        """The budget a lossy pass is validated against: given budget > the pass's own > default."""
+        base = self.budget or (p.budget if p is not None else None) or Budget()
+        return base.updated(**self.budget_overrides)
 
     # ------------------------------------------------------------------ running
 
@@ -144,7 +156,7 @@ class PassManager:
         if p.kind.lossless:
             problems = self.tolerance.check(vs_prev)
         else:
-            problems = self.budget.check(vs_prev) + [f"whole run: {m}" for m in self.run_budget.check(vs_orig)]
+            problems = self.budget_for(p).check(vs_prev) + [f"whole run: {m}" for m in self.run_budget.check(vs_orig)]
         if problems:
             return self._reject(p, entry, current, previous_outputs, "; ".join(problems),
                                 ValidationError(f"pass {p.name!r} failed validation: {problems[0]}"))

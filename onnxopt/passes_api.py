@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from onnxopt.validate import Budget
+
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
@@ -51,6 +53,10 @@ class Pass(ABC):
     min_opset: ClassVar[int] = 0
     #: whether the graph should arrive with ONNX-inferred dtypes/shapes (False: the pass infers its own)
     needs_shapes: ClassVar[bool] = True
+    #: LOSSY passes: the fidelity budget this pass is validated against unless the user gives one
+    #: (None: the run's default budget). A pass whose loss is larger by nature (pruning without
+    #: fine-tuning) declares a looser one here; the user's --min-* flags still override it.
+    budget: Budget | None = None
 
     @abstractmethod
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:

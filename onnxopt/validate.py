@@ -10,7 +10,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,7 @@ class OutputMetrics:
     cosine: float
     sqnr_db: float
     top1: float | None  # fraction of rows whose argmax agrees (class-score-like outputs only)
+    agreement: float | None = None  # integer/bool outputs: fraction of elements equal (labels, ids)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) and v != math.inf else v)
@@ -110,6 +111,7 @@ def compare_outputs(refs: Sequence[Outputs], outs: Sequence[Outputs]) -> dict[st
         max_abs = max_rel = ref_max = 0.0
         dot = ref_sq = out_sq = noise_sq = 0.0
         top1_hits = top1_total = 0
+        equal_elems = total_elems = 0
         dtype = str(refs[0][name].dtype)
         for ref_all, out_all in zip(refs, outs):
             ref = np.asarray(ref_all[name])
@@ -153,6 +155,8 @@ def compare_outputs(refs: Sequence[Outputs], outs: Sequence[Outputs]) -> dict[st
             else:
                 equal = bool(np.array_equal(ref, out))
                 exact &= equal
+                equal_elems += int(np.count_nonzero(ref == out))
+                total_elems += ref.size
                 if not equal:
                     d = np.abs(ref.astype(np.float64) - out.astype(np.float64))
                     max_abs = max(max_abs, float(d.max()) if d.size else 0.0)
@@ -177,6 +181,7 @@ def compare_outputs(refs: Sequence[Outputs], outs: Sequence[Outputs]) -> dict[st
             name=name, dtype=dtype, exact=exact, shape_ok=shape_ok, max_abs=max_abs, max_rel=max_rel,
             ref_max_abs=ref_max, cosine=cosine, sqnr_db=sqnr,
             top1=(top1_hits / top1_total) if top1_total else None,
+            agreement=(equal_elems / total_elems) if total_elems else None,
         )
     return metrics
 
@@ -209,13 +214,27 @@ class Tolerance:
         return problems
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
-    """Fidelity budget for lossy passes, per float output: cosine, SQNR and top-1 agreement."""
+    """Fidelity budget for lossy passes, per output.
+
+    Float outputs: cosine, SQNR and top-1 agreement (class-score-like outputs). Integer and bool
+    outputs (labels from an ArgMax, ids): the fraction of equal elements, ``min_agreement``.
+    """
 
     min_cosine: float = 0.99
     min_sqnr_db: float = 20.0
     min_top1: float = 0.0
+    min_agreement: float = 0.99
+
+    def updated(self, **overrides: float | None) -> Budget:
+        """This budget with the given fields replaced; None leaves a field as it is."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @staticmethod
+    def loosest(budgets: Sequence[Budget]) -> Budget:
+        """The weakest of several budgets, field by field (what a chain of lossy passes may reach)."""
+        return Budget(*(min(getattr(b, f.name) for b in budgets) for f in fields(Budget)))
 
     def check(self, metrics: dict[str, OutputMetrics]) -> list[str]:
         problems = []
@@ -224,8 +243,13 @@ class Budget:
                 problems.append(f"output {m.name!r}: shape or presence changed")
                 continue
             if not m.dtype.startswith(("float", "bfloat")):
-                if not m.exact:
+                if m.exact:
+                    continue
+                if m.agreement is None:
                     problems.append(f"output {m.name!r} ({m.dtype}): values changed")
+                elif m.agreement < self.min_agreement:
+                    problems.append(f"output {m.name!r} ({m.dtype}): {m.agreement:.3f} of the values agree "
+                                    f"< {self.min_agreement}")
                 continue
             if m.cosine < self.min_cosine:
                 problems.append(f"output {m.name!r}: cosine {m.cosine:.4f} < {self.min_cosine}")
@@ -247,6 +271,9 @@ def summarize(metrics: dict[str, OutputMetrics]) -> dict:
         tops = [m.top1 for m in floats if m.top1 is not None]
         if tops:
             out["min_top1"] = min(tops)
+    agreements = [m.agreement for m in metrics.values() if m.agreement is not None]
+    if agreements:
+        out["min_agreement"] = min(agreements)
     return out
 
 

@@ -180,3 +180,25 @@ def test_unpack_errors(capsys, tmp_path, mlp_path):
     assert not (tmp_path / "o.onnx").exists()
     code, _, err = _run(capsys, "unpack", tmp_path / "missing.onnxpack", tmp_path / "o.onnx")
     assert code == 2 and "no such file" in _one_error_line(err)
+
+
+def test_budget_flags_reach_quantization_and_validation(tmp_path):
+    from onnxopt.cli import build_parser, pipeline_from_args
+
+    args = build_parser().parse_args(["in.onnx", "out.onnx", "--quantize", "int8", "--min-sqnr", "30",
+                                      "--min-top1", "0.95"])
+    quant = pipeline_from_args(args)[-1]
+    assert quant.name == "quantize-int8"
+    assert (quant.min_sqnr, quant.min_top1, quant.min_cosine) == (30.0, 0.95, 0.99)
+    default = pipeline_from_args(build_parser().parse_args(["in.onnx", "out.onnx", "--quantize", "int8"]))[-1]
+    assert (default.min_sqnr, default.min_top1) == (20.0, None)
+
+
+def test_min_sqnr_flag_fails_a_lossy_run_with_exit_1(capsys, tmp_path):
+    from fixtures.make_demo import DEMO_MODEL
+
+    out = tmp_path / "out.onnx"
+    code = main([str(DEMO_MODEL), str(out), "--prune", "0.5", "--min-sqnr", "200", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "SQNR" in err and "200" in err
+    assert not out.exists()

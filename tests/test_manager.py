@@ -12,7 +12,9 @@ from conftest import make_mlp, run_ort
 import onnxopt
 from onnxopt.context import PassContext
 from onnxopt.errors import ValidationError
+from onnxopt.manager import PassManager
 from onnxopt.passes_api import Kind, Pass, PassResult
+from onnxopt.validate import Budget, Tolerance, compare_outputs
 
 
 class ScaleWeight(Pass):
@@ -87,6 +89,39 @@ def test_lossy_pass_within_budget_is_applied_and_measured(mlp):
     assert entry.status == "applied"
     assert 0.999 < entry.vs_original["min_cosine"] <= 1.0 + 1e-9
     assert entry.vs_original["min_sqnr_db"] > 40
+
+
+def test_lossy_pass_own_budget_and_user_overrides(mlp):
+    """factor 1.1: SQNR = 20*log10(1/0.1) ~ 20 dB on the last layer's output, so 20 dB fails."""
+    strict = ScaleWeight(factor=1.2, kind=Kind.LOSSY)
+    with pytest.raises(ValidationError, match="SQNR"):
+        onnxopt.optimize(mlp, passes=[strict])
+    loose = ScaleWeight(factor=1.2, kind=Kind.LOSSY)
+    loose.budget = Budget(min_cosine=0.9, min_sqnr_db=10.0)
+    res = onnxopt.optimize(mlp, passes=[loose])
+    assert res.report.passes[0].status == "applied"
+    assert 10.0 < res.report.final["min_sqnr_db"] < 20.0
+    # the user's flags override the pass's own budget, field by field
+    with pytest.raises(ValidationError, match=r"SQNR .* < 30.0 dB"):
+        onnxopt.optimize(mlp, passes=[loose], budget_overrides={"min_sqnr_db": 30.0})
+
+
+def test_run_budget_is_the_loosest_lossy_budget(mlp):
+    loose = ScaleWeight(factor=1.2, kind=Kind.LOSSY)
+    loose.budget = Budget(min_cosine=0.9, min_sqnr_db=10.0, min_agreement=0.5)
+    manager = PassManager([ScaleWeight(kind=Kind.LOSSY), loose])
+    assert manager.run_budget == Budget(min_cosine=0.9, min_sqnr_db=10.0, min_top1=0.0, min_agreement=0.5)
+    assert PassManager([Crash()]).run_budget == Budget()
+
+
+def test_integer_outputs_of_lossy_passes_need_agreement():
+    ref = [{"label": np.arange(100, dtype=np.int64)}]
+    one_off = [{"label": np.where(np.arange(100) == 7, -1, np.arange(100)).astype(np.int64)}]
+    metrics = compare_outputs(ref, one_off)
+    assert metrics["label"].agreement == pytest.approx(0.99)
+    assert Budget().check(metrics) == []
+    assert "0.990 of the values agree" in Budget(min_agreement=0.995).check(metrics)[0]
+    assert Tolerance().check(metrics)  # lossless passes still need bit-equal integers
 
 
 def test_keep_going_rolls_back_lossy_failure(mlp):
