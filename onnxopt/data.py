@@ -59,11 +59,11 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if ttype.HasField("shape"):
             dims: list[Dim] = []
             for d in ttype.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value >= 0:
                     dims.append(int(d.dim_value))
                 elif d.HasField("dim_param") and d.dim_param:
                     dims.append(d.dim_param)
-                else:
+                else:  # no value, or a negative one (Paddle writes -1 for "dynamic")
                     dims.append(None)
             shape = tuple(dims)
         specs.append(InputSpec(vi.name, dtype, shape))

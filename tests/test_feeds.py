@@ -47,6 +47,18 @@ def test_input_shape_flag_fixes_the_shape():
     assert dims == [1, 3, 16, 16]
 
 
+def test_paddle_minus_one_dims_are_dynamic():
+    """Paddle exports write dim_value -1 for a dynamic dim: it is probed and may be fixed by --input-shape."""
+    m = detector_like(16)
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, (-1, 3, -1, -1)):
+        d.dim_value = v
+    assert input_specs(m)[0].shape == (None, 3, None, None)
+    res = onnxopt.optimize(m, input_shapes={"img": (1, 3, 16, 16)})
+    dims = [d.dim_value for d in res.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 16, 16]
+    assert onnxopt.optimize(m).report.validation_shapes == {"img": [1, 3, 16, 16]}
+
+
 def test_no_runnable_shape_names_the_input():
     with pytest.raises(BadDataError, match=r"--input-shape for: img"):
         onnxopt.optimize(detector_like(17))
