@@ -55,7 +55,9 @@ class TensorStats:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += finite.size
         self._grow(max(abs(lo), abs(hi)))
-        idx = np.clip(((finite + self.bound) / (2 * self.bound) * self.bins).astype(np.int64), 0, self.bins - 1)
+        # scale first: |x| <= bound, so x * scale stays within +-bins/2 even for values near float32's max
+        scale = np.float32(self.bins / (2 * self.bound))
+        idx = np.clip((finite * scale + np.float32(self.bins / 2)).astype(np.int64), 0, self.bins - 1)
         self.hist += np.bincount(idx, minlength=self.bins)
         if self.channel_axis is not None and x.ndim > self.channel_axis:
             axes = tuple(i for i in range(x.ndim) if i != self.channel_axis)

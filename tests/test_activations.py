@@ -34,3 +34,16 @@ def test_collect_stats_matches_direct_run():
     assert stats["x"].max == xs.max()
     assert stats["h2"].min >= 0  # after Relu
     assert stats["h2"].channel_abs_mean.shape == (16,)
+
+
+def test_histogram_survives_values_near_float32_max():
+    """Attention masks hold -3.4e38: binning must not overflow to inf or wrap int64."""
+    import warnings
+
+    stats = TensorStats("mask")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow would raise here
+        stats.update(np.array([-3.4e38, 0.0, 1.0, 3.4e38], np.float32))
+    assert stats.hist.sum() == 4
+    assert stats.hist[0] == 1 and stats.hist[-1] == 1 and stats.hist[stats.bins // 2] == 2
+    assert np.isfinite(stats.bound)
