@@ -5,6 +5,7 @@ Library API::
     import onnxopt
     result = onnxopt.optimize("in.onnx", "out.onnx")          # lossless pipeline
     print(result.report.to_text())
+    session = onnxopt.ort_session("model.onnxpack")            # onnxruntime, no temporary file
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onnxopt.errors import (
 )
 from onnxopt.manager import PassManager
 from onnxopt.model import load, save
+from onnxopt.packing import ort_session
 from onnxopt.passes_api import Kind, Pass, PassResult
 
 __version__ = "0.1.0"
@@ -41,5 +43,6 @@ __all__ = [
     "__version__",
     "load",
     "optimize",
+    "ort_session",
     "save",
 ]

@@ -700,6 +700,7 @@ def test_ort_session_from_packed_bytes_and_file(tmp_path):
     path = tmp_path / "m.onnxpack"
     path.write_bytes(packed)
     np.testing.assert_array_equal(ref[0], ort_session(path).run(None, {"x": x})[0])
+    assert onnxopt.ort_session is ort_session and "ort_session" in onnxopt.__all__
 
 
 def test_ort_session_with_external_initializers():
