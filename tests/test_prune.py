@@ -514,3 +514,65 @@ def test_real_models_exact(name):
     if not path.exists():
         pytest.skip(f"{name} not in {REAL_DIR}")
     assert_exact(onnx.load(path), ratio=0.3, fill=64)
+
+
+# --------------------------------------------------------------------------- PRelu for NCHWc
+
+
+def prelu_model(slope_shape, slope=None, after_conv=True):
+    rng = np.random.default_rng(5)
+    c = 16
+    a = slope if slope is not None else rng.uniform(-0.6, 1.4, slope_shape).astype(np.float32)
+    inits = [_w("w", (c, 3, 3, 3), rng), numpy_helper.from_array(np.asarray(a, np.float32), "a")]
+    if after_conv:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+                 helper.make_node("PRelu", ["h", "a"], ["y"])]
+        xshape = [1, 3, 12, 12]
+    else:
+        nodes = [helper.make_node("PRelu", ["x", "a"], ["y"])]
+        xshape = [1, c, 12, 12]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 12, 12])], inits)
+
+
+@pytest.mark.parametrize("case", ["per-channel", "4d", "uniform", "not-after-conv", "elementwise"])
+def test_prelu_rewrite(case):
+    from passes.prune_prelu import rewrite_prelu
+
+    model = {"per-channel": lambda: prelu_model((16, 1, 1)), "4d": lambda: prelu_model((1, 16, 1, 1)),
+             "uniform": lambda: prelu_model((1,), slope=[0.25]),
+             "not-after-conv": lambda: prelu_model((16, 1, 1), after_conv=False),
+             "elementwise": lambda: prelu_model((16, 12, 12))}[case]()
+    g = gs.import_onnx(model)
+    n = rewrite_prelu(g)
+    out = to_model(g, like=model)
+    onnx.checker.check_model(out, full_check=True)
+    ops = [nd.op_type for nd in out.graph.node]
+    expect = {"per-channel": 1, "4d": 1, "uniform": 1, "not-after-conv": 0, "elementwise": 0}[case]
+    assert n == expect and ("PRelu" in ops) == (expect == 0)
+    if case == "uniform":
+        assert ops == ["Conv", "LeakyRelu"]
+    feeds = [fixtures.random_feeds(model, seed=s) for s in range(2)]
+    m = summarize(compare_outputs(run(model, feeds), run(out, feeds)))
+    assert m["exact"] or m["min_sqnr_db"] > 100, m
+
+
+def test_pass_rewrites_prelu_unless_asked_not_to():
+    rng = np.random.default_rng(6)
+    a = numpy_helper.from_array(rng.uniform(-0.5, 1.2, (16, 1, 1)).astype(np.float32), "a")
+    model = _model([helper.make_node("Conv", ["x", "w1"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+                    helper.make_node("PRelu", ["h", "a"], ["p"], name="act"),
+                    helper.make_node("Conv", ["p", "w2"], ["y"], name="c2")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 12])],
+                   [_w("w1", (16, 3, 3, 3), rng), a, _w("w2", (8, 16, 1, 1), rng)])
+    res_on, out_on = run_pass(model, PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
+    res_off, out_off = run_pass(model, PruneChannels(ratio=0.5, round_to=8, reconstruct=False, prelu_nchwc=False))
+    assert res_on.stats["prelu_rewritten"] == 1 and "prelu_rewritten" not in res_off.stats
+    assert "PRelu" not in [n.op_type for n in out_on.graph.node]
+    assert [n.op_type for n in out_off.graph.node].count("PRelu") == 1
+    assert sorted(conv_channels(out_on).values()) == [(8, 3), (8, 8)]
+    feeds = [fixtures.random_feeds(model, seed=s) for s in range(2)]
+    m = summarize(compare_outputs(run(out_off, feeds), run(out_on, feeds)))
+    assert m["exact"] or m["min_sqnr_db"] > 100, m
+
