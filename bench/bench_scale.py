@@ -1,6 +1,6 @@
 """Scale: a synthetic model past protobuf's 2 GB limit (external data) through onnxopt, per stage.
 
-    python bench/bench_scale.py [--gb 3] [--workdir DIR] [--stages default,default-end,default-off,pack]
+    python bench/bench_scale.py [--gb 3] [--workdir DIR] [--stages "default --validate end,pack"]
 
 Builds a MatMul stack with random float32 weights (saved with external data), then runs each stage of
 `onnxopt` in its own subprocess and reports wall time and peak RSS as a multiple of the model size
@@ -27,6 +27,8 @@ STAGES = {
     "default --validate end": ["--validate", "end"],
     "default --validate off": ["--validate", "off"],
     "pack": ["--pack", "--validate", "off"],
+    "pack --validate end": ["--pack", "--validate", "end"],
+    "quantize int8 --validate end": ["--quantize", "int8", "--validate", "end"],
 }
 
 
@@ -48,6 +50,8 @@ def build(path: Path, gb: float, dim: int = 8192) -> int:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, dim])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx.save appends external data to an existing file
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
     return layers * dim * dim * 4
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 
@@ -25,8 +27,10 @@ from onnxopt.feeds import ValidationSet
 from onnxopt.model import (
     check_model,
     default_opset,
+    load,
     node_count,
     quiet_graphsurgeon,
+    save,
     to_graph,
     to_model,
     upgrade_opset,
@@ -40,6 +44,42 @@ from onnxopt.validate import Budget, OrtRunner, Outputs, Tolerance, compare_outp
 log = logging.getLogger(__name__)
 
 VALIDATE_MODES = ("each", "end", "off")
+
+
+#: above this many weight bytes the rollback snapshot waits on disk while onnxruntime validates a pass,
+#: so memory holds the candidate and onnxruntime's copy of it, not a third copy (issue 7: peak RSS)
+SPILL_SNAPSHOT_BYTES = 512 * 2**20
+
+
+class _Spill:
+    """A model written to a temp folder (external data) and dropped from memory until ``restore``."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self._dir = tempfile.TemporaryDirectory(prefix="onnxopt-snapshot-")
+        self._path = Path(self._dir.name) / "snapshot.onnx"
+        try:
+            save(model, self._path, external_data=True)
+        except BaseException:
+            self.discard()
+            raise
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Spill | None:
+        """Spill ``model``, or None (it stays in memory) if the temp folder cannot take it."""
+        try:
+            return cls(model)
+        except OnnxOptError as exc:
+            log.warning("keeping the rollback snapshot in memory: %s", exc)
+            return None
+
+    def restore(self) -> onnx.ModelProto:
+        try:
+            return load(self._path, check=False)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self._dir.cleanup()
 
 
 class PassManager:
@@ -91,12 +131,17 @@ class PassManager:
         report.nodes_before = node_count(model)
         report.weight_bytes_before = weight_bytes(model)
         start = time.perf_counter()
-        current = model
-        del model  # only ``current`` (the snapshot) keeps the input alive
+        box = [model]
+        del model  # only ``box`` keeps the input alive, so _run_one may spill it to disk and drop it
         previous_outputs: list[Outputs] | None = validation.reference if validation else None
         for p in self.passes:
-            current, previous_outputs = self._run_one(p, current, context, validation, previous_outputs, report)
+            context.model = None  # type: ignore[assignment]
+            current, previous_outputs = self._run_one(p, box, context, validation, previous_outputs, report)
+            context.model = current  # not the previous snapshot: it may be freed now
+            box.append(current)
+            del current
             gc.collect()  # graphsurgeon graphs are cycles that keep the previous model's weights alive
+        current = box.pop()
         if validation is not None and self.validate != "off":
             self._final_check(current, validation, report, previous_outputs)
         report.nodes_after = node_count(current)
@@ -107,12 +152,14 @@ class PassManager:
     def _run_one(
         self,
         p: Pass,
-        current: onnx.ModelProto,
+        box: list[onnx.ModelProto],
         context: PassContext,
         validation: ValidationSet | None,
         previous_outputs: list[Outputs] | None,
         report: RunReport,
     ) -> tuple[onnx.ModelProto, list[Outputs] | None]:
+        """Apply one pass to the model in ``box`` (taken out of it) and validate; returns the model to go on with."""
+        current = box.pop()
         entry = PassReport(
             name=p.name, kind=p.kind.value, status="unchanged", modified=False, seconds=0.0,
             nodes_before=node_count(current), nodes_after=node_count(current),
@@ -143,12 +190,21 @@ class PassManager:
             context.invalidate()
             return candidate, previous_outputs
         t1 = time.perf_counter()
+        context.model = None  # type: ignore[assignment]
+        spilled = _Spill.of(current) if weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES else None
+        if spilled is not None:
+            del current  # onnxruntime gets the memory the snapshot held; a rollback reads it back
+            gc.collect()  # the pass's graphsurgeon graph (a cycle) still refers to the snapshot's tensors
         try:
             outputs = self._run_ort(candidate, validation, p.name)
         except ValidationError as exc:
             entry.validation_seconds = time.perf_counter() - t1
+            del candidate
+            current = spilled.restore() if spilled is not None else current
             return self._reject(p, entry, current, previous_outputs, str(exc), exc)
         entry.validation_seconds = time.perf_counter() - t1
+        if spilled is not None:
+            current = spilled
         vs_prev = compare_outputs(previous_outputs or validation.reference, outputs)
         vs_orig = compare_outputs(validation.reference, outputs)
         entry.vs_previous = summarize(vs_prev)
@@ -158,8 +214,13 @@ class PassManager:
         else:
             problems = self.budget_for(p).check(vs_prev) + [f"whole run: {m}" for m in self.run_budget.check(vs_orig)]
         if problems:
+            if isinstance(current, _Spill):
+                del candidate
+                current = current.restore()
             return self._reject(p, entry, current, previous_outputs, "; ".join(problems),
                                 ValidationError(f"pass {p.name!r} failed validation: {problems[0]}"))
+        if isinstance(current, _Spill):
+            current.discard()
         entry.status = "applied"
         context.invalidate()
         return candidate, outputs

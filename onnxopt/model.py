@@ -67,22 +67,40 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                     yield from attr.tensors
 
 
+def _itemsize(data_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _packed_bits(data_type: int) -> int:
+    """Bits per element of the sub-byte types (int4/uint4/float4), else 0."""
+    names = {getattr(onnx.TensorProto, n, -1): 4 for n in ("INT4", "UINT4", "FLOAT4E2M1")}
+    return names.get(data_type, 0)
+
+
+def expected_raw_bytes(t: onnx.TensorProto) -> int | None:
+    """Bytes that ``raw_data`` must hold for the tensor's dims and type (None: unknown type)."""
+    if not t.data_type or t.data_type == onnx.TensorProto.STRING:
+        return None
+    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    bits = _packed_bits(t.data_type)
+    if bits:
+        return (count * bits + 7) // 8
+    itemsize = _itemsize(t.data_type)
+    return count * itemsize if itemsize else None
+
+
 def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of data a tensor holds in memory (raw or typed fields), without materializing it.
 
-    Reading ``raw_data`` copies it, so for raw tensors the size comes from dims x itemsize when the
-    protobuf's own serialized size agrees, and from ``ByteSize()`` otherwise (malformed tensors).
+    Reading ``raw_data`` (or asking protobuf's ByteSize, which serializes) copies it, so raw tensors
+    are sized from dims x itemsize; :func:`load` checks once that every raw tensor holds exactly that.
     """
     if t.HasField("raw_data"):
-        if t.data_type and t.data_type != onnx.TensorProto.STRING:
-            try:
-                itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-            except (KeyError, TypeError, ValueError):
-                itemsize = 0
-            n = itemsize * int(np.prod(t.dims, dtype=np.int64)) if itemsize else -1
-            if 0 <= n <= t.ByteSize():
-                return n
-        return t.ByteSize()
+        n = expected_raw_bytes(t)
+        return n if n is not None else len(t.raw_data)
     for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
         values = getattr(t, field)
         if len(values):
@@ -91,6 +109,30 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
                 return sum(len(s) for s in values)
             return len(values) * itemsize
     return 0
+
+
+def check_raw_sizes(model: onnx.ModelProto, what: str, known: dict[int, int] | None = None) -> None:
+    """Every raw tensor holds exactly dims x itemsize bytes, or BadModelError naming it.
+
+    ``known`` maps a tensor's position in :func:`iter_tensors` order -> length already measured
+    (external data just read), to skip a copy.
+    """
+    known = known or {}
+    for index, t in enumerate(iter_tensors(model)):
+        if not t.HasField("raw_data"):
+            continue
+        want = expected_raw_bytes(t)
+        if want is None:
+            continue
+        got = known.get(index)
+        if got is None:
+            got = len(t.raw_data)
+        if got != want:
+            dims = "x".join(str(d) for d in t.dims) or "scalar"
+            raise BadModelError(
+                f"{what}: tensor {t.name!r} holds {got} bytes of data but its shape {dims} and type "
+                f"{helper.tensor_dtype_to_string(t.data_type)} need {want}; the file is damaged or was "
+                f"written by a faulty exporter")
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -140,13 +182,14 @@ def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
             raise BadModelError(f"tensor {t.name!r}: external data file {loc!r} not found next to the model")
 
 
-def load_external_data(model: onnx.ModelProto, base_dir: Path, what: str) -> None:
+def load_external_data(model: onnx.ModelProto, base_dir: Path, what: str,
+                       lengths: dict[int, int] | None = None) -> None:
     """Read every external tensor into ``raw_data``, one tensor at a time (peak: the model + one tensor).
 
     Offsets and lengths are checked against the file size before anything is read.
     """
     files: dict[str, int] = {}
-    for t in iter_tensors(model):
+    for index, t in enumerate(iter_tensors(model)):
         if not uses_external_data(t):
             continue
         info = {e.key: e.value for e in t.external_data}
@@ -165,6 +208,8 @@ def load_external_data(model: onnx.ModelProto, base_dir: Path, what: str) -> Non
             with open(path, "rb") as f:
                 f.seek(offset)
                 t.raw_data = f.read(length)
+            if lengths is not None:
+                lengths[index] = length
         except OSError as exc:
             raise BadModelError(f"{what}: cannot read external data {info['location']!r} ({exc.strerror})") from None
         t.data_location = onnx.TensorProto.DEFAULT
@@ -210,11 +255,13 @@ def load(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
             raise BadModelError(f"{path}: cannot read ({exc.strerror})") from None
         model = _load_packed_or_parse(data, what)
         base_dir = path.parent
+    lengths: dict[int, int] = {}
     if any(uses_external_data(t) for t in iter_tensors(model)):
         if base_dir is None:
             raise BadModelError(f"{what}: uses external data but was not loaded from a file path")
         check_external_locations(model, base_dir)
-        load_external_data(model, base_dir, what)
+        load_external_data(model, base_dir, what, lengths)
+    check_raw_sizes(model, what, lengths)
     if check:
         check_model(model, what)
     return model
@@ -378,60 +425,113 @@ def _save_streamed(model: onnx.ModelProto, path: Path) -> None:
             raise OutputError(f"{path}: write failed ({exc.strerror})") from None
 
 
-def _to_raw(t: onnx.TensorProto) -> None:
-    """Move typed-field data into raw_data so it can be written as bytes."""
-    if t.raw_data or t.data_type == onnx.TensorProto.STRING:
-        return
-    arr = numpy_helper.to_array(t)
-    raw = arr.tobytes()
-    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        t.ClearField(field)
-    t.raw_data = raw
+_RAW_DATA_FIELD = 9  # TensorProto.raw_data
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _raw_bytes(t: onnx.TensorProto) -> bytes:
+    """A tensor's data as little-endian bytes (raw_data as is, typed fields converted)."""
+    if t.HasField("raw_data"):
+        return t.raw_data
+    return numpy_helper.to_array(t).tobytes()
+
+
+def _externalize(t: onnx.TensorProto, f, offset: int, location: str) -> tuple[onnx.TensorProto, int]:
+    """Write ``t``'s data at the next 4 KB boundary of ``f``; return a data-less stub pointing at it."""
+    stub = _copy_except(t, onnx.TensorProto(), "raw_data")
+    for field in _TYPED_FIELDS:
+        stub.ClearField(field)
+    raw = _raw_bytes(t)
+    pad = (-offset) % 4096
+    f.write(b"\0" * pad)
+    offset += pad
+    f.write(raw)
+    length = len(raw)
+    del raw
+    del stub.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    return stub, offset + length
+
+
+def _is_external_candidate(t: onnx.TensorProto) -> bool:
+    return t.data_type != onnx.TensorProto.STRING and tensor_nbytes(t) >= EXTERNAL_TENSOR_MIN_BYTES
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Weights to ``<name>.data`` (4 KB aligned), graph to ``path``; both atomic.
+    """Weights to a data file beside ``path`` (4 KB aligned), graph to ``path``; ``model`` is not touched.
 
-    Each tensor's bytes are moved out of the proto while the graph is serialized and read back from
-    the written data file afterwards, so at most one tensor is ever held twice.
+    The graph file is a copy of the model whose large tensors are stubs pointing into the data file
+    (weights are read out one at a time: at most one tensor is held twice). The data file gets a
+    fresh name, ``<name>.<token>.data``, and is in place before the graph file is renamed over
+    ``path``: a reader, or a ``kill -9`` at any moment, sees either the old model with its old data or
+    the new model with its new data, never a mix. The data file of the model replaced is removed.
     """
-    data_name = path.name + ".data"
-    moved: list[tuple[onnx.TensorProto, int, int]] = []
-    with atomic_output(path.parent / data_name, suffix=".data.tmp") as data_tmp:
-        try:
-            with open(data_tmp, "wb") as f:
-                offset = 0
-                for t in iter_tensors(model):
-                    if t.data_type == onnx.TensorProto.STRING or tensor_nbytes(t) < EXTERNAL_TENSOR_MIN_BYTES:
-                        continue
-                    _to_raw(t)
-                    pad = (-offset) % 4096
-                    f.write(b"\0" * pad)
-                    offset += pad
-                    raw = t.raw_data
-                    f.write(raw)
-                    length = len(raw)
-                    del raw
-                    moved.append((t, offset, length))
-                    del t.external_data[:]
-                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-                        entry = t.external_data.add()
-                        entry.key, entry.value = key, value
-                    t.data_location = onnx.TensorProto.EXTERNAL
-                    t.ClearField("raw_data")
-                    offset += length
-                f.flush()
-                os.fsync(f.fileno())
-            write_bytes_atomic(path, model.SerializeToString())
-        except OSError as exc:
+    previous = _external_files(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, data_tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".data.tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write to folder {str(folder)!r} ({exc.strerror})") from None
+    data_tmp = Path(data_tmp_name)
+    token = data_tmp.name[len(path.name) + 2 : -len(".data.tmp")]
+    location = f"{path.name}.{token}.data"  # the name it gets once complete (a killed write leaves .tmp)
+    final = folder / location
+    try:
+        with os.fdopen(fd, "wb") as f:
+            offset = 0
+            structure = _copy_except(model, onnx.ModelProto(), "graph")
+            _copy_except(model.graph, structure.graph, "initializer")
+            for t in model.graph.initializer:
+                if _is_external_candidate(t):
+                    stub, offset = _externalize(t, f, offset, location)
+                    structure.graph.initializer.append(stub)
+                else:
+                    structure.graph.initializer.append(t)
+            # tensors in node attributes and subgraphs live in ``structure``'s own copy: convert in place
+            main_inits = {id(t) for t in structure.graph.initializer}
+            for t in iter_tensors(structure):
+                if id(t) not in main_inits and not uses_external_data(t) and _is_external_candidate(t):
+                    stub, offset = _externalize(t, f, offset, location)
+                    t.CopyFrom(stub)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(data_tmp, 0o644)
+        os.replace(data_tmp, final)
+        write_bytes_atomic(path, structure.SerializeToString())
+    except BaseException as exc:
+        for leftover in (data_tmp, final):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        if isinstance(exc, OSError):
             raise OutputError(f"{path}: write failed ({exc.strerror})") from None
-        finally:  # put the caller's model back as it was, one tensor at a time from the file just written
-            with open(data_tmp, "rb") as f:
-                for t, offset, length in moved:
-                    del t.external_data[:]
-                    t.data_location = onnx.TensorProto.DEFAULT
-                    f.seek(offset)
-                    t.raw_data = f.read(length)
+        raise
+    for old in previous - {location}:
+        with contextlib.suppress(OSError):
+            (folder / old).unlink()
+
+
+def _external_files(path: Path) -> set[str]:
+    """Data files of an earlier onnxopt save at ``path`` (``<name>.<token>.data`` only), to replace."""
+    if not path.is_file():
+        return set()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(PROTOBUF_LIMIT if path.stat().st_size < 256 * 2**20 else 0)
+        old = onnx.ModelProto()
+        old.ParseFromString(head)
+    except (OSError, DecodeError, RuntimeError, ValueError):
+        return set()
+    names = set()
+    for t in iter_tensors(old):
+        if uses_external_data(t):
+            with contextlib.suppress(BadModelError):
+                loc = _external_location(t)
+                if loc.startswith(path.name + ".") and loc.endswith(".data") and "/" not in loc:
+                    names.add(loc)
+    return names
 
 
 # --------------------------------------------------------------------------- graphsurgeon round trip

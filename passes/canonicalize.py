@@ -23,7 +23,7 @@ from onnxopt.context import PassContext
 from onnxopt.passes_api import Kind, Pass, PassResult
 
 from .graph_utils import all_graphs
-from .simplify_core import const_dtype, const_shape, is_default_domain, is_plain, load_values, peek
+from .simplify_core import const_bytes, const_dtype, const_shape, is_default_domain, is_plain, peek
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +102,15 @@ def dedup_constants(graph: gs.Graph) -> int:
             # values are read one at a time and not kept: a model's weights are never all copied
             by_hash: dict[bytes, list[gs.Constant]] = defaultdict(list)
             for t in members:
-                raw = np.ascontiguousarray(load_values(t)).tobytes()
+                raw = const_bytes(t)
                 by_hash[hashlib.blake2b(raw, digest_size=16).digest()].append(t)
             for same in by_hash.values():
                 if len(same) < 2:
                     continue
                 first = same[0]
-                first_raw = np.ascontiguousarray(load_values(first)).tobytes()
+                first_raw = const_bytes(first)
                 for t in same[1:]:
-                    if np.ascontiguousarray(load_values(t)).tobytes() == first_raw:
+                    if const_bytes(t) == first_raw:
                         canonical[id(t)] = first
         if not canonical:
             continue

@@ -20,6 +20,7 @@ Nothing here rewrites a graph on its own; :mod:`fold_constants`, :mod:`simplify_
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -116,6 +117,16 @@ def load_values(t: gs.Constant) -> np.ndarray:
     if hasattr(v, "load") and not isinstance(v, np.ndarray):
         return np.asarray(v.load())
     return np.asarray(v)
+
+
+def const_bytes(t: gs.Constant) -> bytes:
+    """A constant's data as bytes, with one copy: straight from the TensorProto's raw_data when the
+    constant still refers to it (a numpy round trip would copy a large weight three times)."""
+    v = peek(t)
+    tensor = getattr(v, "tensor", None)
+    if isinstance(tensor, onnx.TensorProto) and tensor.HasField("raw_data") and sys.byteorder == "little":
+        return tensor.raw_data
+    return np.ascontiguousarray(load_values(t)).tobytes()
 
 
 def const_value(t: gs.Tensor | None) -> np.ndarray | None:

@@ -175,3 +175,15 @@ def test_min_opset_upgrades_before_the_pass():
     seen: list[int] = []
     onnxopt.optimize(make_mlp(opset=11), passes=[NeedsOpset13()])
     assert seen == [13]
+
+
+def test_spilled_snapshot_rolls_back_exactly(mlp, monkeypatch):
+    """Large models keep the rollback snapshot on disk during validation; a rollback reads it back."""
+    import onnxopt.manager as manager
+
+    monkeypatch.setattr(manager, "SPILL_SNAPSHOT_BYTES", 0)
+    res = onnxopt.optimize(mlp, passes=[ScaleWeight(), "eliminate-identity"])
+    assert [p.status for p in res.report.passes] == ["rolled-back", "applied"]
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(res.model, {"x": x})[0], run_ort(mlp, {"x": x})[0])
+    assert not any(t.data_location == 1 for t in res.model.graph.initializer)  # data back in memory

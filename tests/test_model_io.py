@@ -72,12 +72,29 @@ def test_external_data_round_trip(tmp_path, mlp):
     loaded.graph.initializer.append(big)  # above the external-tensor size floor
     out = tmp_path / "out" / "saved.onnx"
     out.parent.mkdir()
+    before = loaded.SerializeToString()
     mio.save(loaded, out, external_data=True)
-    assert (out.parent / "saved.onnx.data").stat().st_size >= 4096 * 4
+    (data,) = out.parent.glob("saved.onnx.*.data")
+    assert data.stat().st_size >= 4096 * 4
     again = mio.load(out)
     np.testing.assert_array_equal(run_ort(again, {"x": x})[0], run_ort(mlp, {"x": x})[0])
-    # the in-memory model was left as it was (no external markers)
-    assert not any(mio.uses_external_data(t) for t in mio.iter_tensors(loaded))
+    # the in-memory model was left exactly as it was
+    assert loaded.SerializeToString() == before
+    # saving again over it: a fresh data file, and the replaced one is gone
+    mio.save(loaded, out, external_data=True)
+    (data2,) = out.parent.glob("saved.onnx.*.data")
+    assert data2 != data and not data.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["saved.onnx", data2.name])
+    np.testing.assert_array_equal(run_ort(mio.load(out), {"x": x})[0], run_ort(mlp, {"x": x})[0])
+
+
+def test_raw_data_that_does_not_match_its_shape_is_refused(tmp_path, mlp):
+    bad = onnx.ModelProto()
+    bad.CopyFrom(mlp)
+    w = bad.graph.initializer[0]
+    w.raw_data = onnx.numpy_helper.to_array(w).tobytes()[:-4]
+    with pytest.raises(BadModelError, match=rf"tensor {w.name!r} holds \d+ bytes .* need \d+"):
+        mio.load(bad)
 
 
 @pytest.mark.parametrize("location", ["../outside.bin", "sub/../../outside.bin"])
