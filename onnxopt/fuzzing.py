@@ -99,3 +99,29 @@ def optimize_bytes(data: bytes, out: Path) -> None:
         optimize(src, out)
     finally:
         os.unlink(src)
+
+
+def unpack_bytes(data: bytes, out: Path) -> None:
+    """Fuzz target: ``onnxopt unpack`` — a (packed) file loaded and written back as .onnx."""
+    from onnxopt.model import load, save
+
+    src = out.parent / "in.onnxpack"
+    src.write_bytes(data)
+    try:
+        save(load(src), out)
+    finally:
+        os.unlink(src)
+
+
+def packed_seeds(models: dict[str, bytes]) -> dict[str, bytes]:
+    """Packed versions of seed models (``<name>.pack``), for fuzzing the packed-file reader."""
+    import onnx
+
+    from onnxopt.packing import pack_model
+
+    out = {}
+    for name, data in models.items():
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+        out[f"{name}.pack"] = pack_model(model).data
+    return out

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import fixtures
 from onnxopt.data import NpzData, input_specs
 from onnxopt.errors import BadDataError
-from onnxopt.fuzzing import FuzzStats, mutate, optimize_bytes, run_case
+from onnxopt.fuzzing import FuzzStats, mutate, optimize_bytes, packed_seeds, run_case, unpack_bytes
 
 SEEDS = {name: fixtures.get(name).SerializeToString() for name in sorted(fixtures.FIXTURES)}
 
@@ -38,6 +38,18 @@ def test_random_bytes_are_refused_cleanly(data):
     run_case(optimize_bytes, data, stats, "random")
     assert not stats.findings, stats.findings
     assert stats.ok == 0  # random bytes are never a valid model
+
+
+def test_mutated_packed_files():
+    """Damaged .onnxpack files: a clean BadModelError (or a bit-exact unpack when the damage is inert)."""
+    packed = packed_seeds({n: SEEDS[n] for n in sorted(SEEDS)[:6]})
+    rng = random.Random(7)
+    stats = FuzzStats()
+    for i in range(120):
+        name = rng.choice(sorted(packed))
+        run_case(unpack_bytes, mutate(packed[name], rng), stats, f"{name}#{i}", time_limit=60)
+    assert stats.findings == []
+    assert stats.errors.get("BadModelError", 0) > 60  # most damage is detected (CRCs, bounds)
 
 
 def test_mutated_npz_files(tmp_path):
