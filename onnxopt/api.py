@@ -5,11 +5,12 @@ Data flow: source -> load -> fix input shapes (if asked) -> validation set -> Pa
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,27 @@ def _split_calibration(
     return cal, val
 
 
+def _errors_name_the_input(fn: Callable[..., OptimizeResult]) -> Callable[..., OptimizeResult]:
+    """Every :class:`~onnxopt.errors.OnnxOptError` names the file it is about: messages that name no
+    file (a pass that failed validation, a model onnxruntime rejects) get the input path in front."""
+
+    @functools.wraps(fn)
+    def wrapper(source: ModelSource, output: str | os.PathLike | None = None, **kwargs) -> OptimizeResult:
+        try:
+            return fn(source, output, **kwargs)
+        except OnnxOptError as exc:
+            if isinstance(source, (str, os.PathLike)):
+                message = str(exc)
+                named = [os.fspath(p) for p in (source, output, kwargs.get("calibration"),
+                                                kwargs.get("validation_data")) if isinstance(p, (str, os.PathLike))]
+                if not any(n in message for n in named):
+                    exc.args = (f"{os.fspath(source)}: {message}",)
+            raise
+
+    return wrapper
+
+
+@_errors_name_the_input
 def optimize(
     source: ModelSource,
     output: str | os.PathLike | None = None,

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 VALIDATE_MODES = ("each", "end", "off")
 
 
+BUDGET_HINT = ("; to accept more loss give a lower --min-cosine/--min-sqnr (or --min-top1/--min-agreement), "
+               "or add --keep-going to skip the pass")
+
 #: above this many weight bytes the rollback snapshot waits on disk while onnxruntime validates a pass,
 #: so memory holds the candidate and onnxruntime's copy of it, not a third copy (issue 7: peak RSS)
 SPILL_SNAPSHOT_BYTES = 512 * 2**20
@@ -218,7 +221,7 @@ class PassManager:
                 del candidate
                 current = current.restore()
             return self._reject(p, entry, current, previous_outputs, "; ".join(problems),
-                                ValidationError(f"pass {p.name!r} failed validation: {problems[0]}"))
+                                ValidationError(f"pass {p.name!r} failed validation: {problems[0]}{BUDGET_HINT}"))
         if isinstance(current, _Spill):
             current.discard()
         entry.status = "applied"
@@ -298,5 +301,7 @@ class PassManager:
         problems = self.run_budget.check(metrics) if lossy else Tolerance(
             self.tolerance.rtol * 4, self.tolerance.atol * 4).check(metrics)
         if problems:
-            hint = "" if self.validate == "each" else " (run with --validate each to find the pass)"
+            hint = BUDGET_HINT if lossy else ""
+            if self.validate != "each":
+                hint += " (run with --validate each to find the pass)"
             raise ValidationError(f"final model differs from the original: {problems[0]}{hint}")

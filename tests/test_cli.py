@@ -202,3 +202,12 @@ def test_min_sqnr_flag_fails_a_lossy_run_with_exit_1(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 1 and "SQNR" in err and "200" in err
     assert not out.exists()
+
+
+def test_errors_name_the_input_file_and_what_to_do(capsys, tmp_path):
+    from fixtures.make_demo import DEMO_MODEL
+
+    code = main([str(DEMO_MODEL), str(tmp_path / "o.onnx"), "--prune", "0.5", "--min-sqnr", "200", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith(f"onnxopt: error: {DEMO_MODEL}: pass 'prune-channels' failed validation")
+    assert "--keep-going" in err and "--min-sqnr" in err and len(err.splitlines()) == 1
