@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, reproduce_line, run_measured
@@ -33,26 +33,37 @@ STAGES = {
 
 
 def build(path: Path, gb: float, dim: int = 8192) -> int:
-    """MatMul -> Relu stack of dim x dim float32 weights totalling about ``gb`` GB, with external data."""
+    """MatMul -> Relu stack of dim x dim float32 weights totalling about ``gb`` GB, with external data.
+
+    Weights are generated one layer at a time straight into the data file: building the model never
+    holds more than one layer in memory.
+    """
     layers = max(1, round(gb * 2**30 / (dim * dim * 4)))
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     prev = "x"
-    for i in range(layers):
-        w = (rng.standard_normal((dim, dim), dtype=np.float32) / np.sqrt(dim)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        nodes.append(helper.make_node("Identity", [f"m{i}"], [f"i{i}"]))  # something for the pipeline to do
-        nodes.append(helper.make_node("Relu", [f"i{i}"], [f"r{i}"] if i < layers - 1 else ["y"]))
-        prev = f"r{i}"
-        del w
+    data = path.with_name(path.name + ".data")
+    with open(data, "wb") as f:
+        for i in range(layers):
+            w = (rng.standard_normal((dim, dim), dtype=np.float32) / np.sqrt(dim)).astype(np.float32)
+            offset = f.tell()
+            f.write(w.tobytes())
+            t = onnx.TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[dim, dim],
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(w.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            inits.append(t)
+            nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+            nodes.append(helper.make_node("Identity", [f"m{i}"], [f"i{i}"]))  # something for the pipeline to do
+            nodes.append(helper.make_node("Relu", [f"i{i}"], [f"r{i}"] if i < layers - 1 else ["y"]))
+            prev = f"r{i}"
+            del w
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, dim])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)  # onnx.save appends external data to an existing file
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+    onnx.save(model, path)
     return layers * dim * dim * 4
 
 

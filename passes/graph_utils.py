@@ -6,23 +6,15 @@ graphsurgeon tensors compare equal by name and are unhashable: everything here k
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.model import gs_graphs
 
-def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """``graph`` and every nested subgraph (If/Loop/Scan bodies), outermost first."""
-    yield graph
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            if isinstance(value, gs.Graph):
-                yield from all_graphs(value)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    if isinstance(v, gs.Graph):
-                        yield from all_graphs(v)
+#: ``graph`` and every nested subgraph (If/Loop/Scan bodies), each graph before those nested in it;
+#: the framework's walk (iterative, so hostile nesting depth cannot exhaust Python's recursion limit)
+all_graphs = gs_graphs
 
 
 def tensor_dtype(tensor: gs.Tensor) -> np.dtype | None:

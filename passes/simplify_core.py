@@ -29,7 +29,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from .graph_utils import all_graphs, tensor_dtype
+from .graph_utils import all_graphs, peek_values, tensor_dtype
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,9 @@ def is_plain(t: gs.Tensor) -> bool:
     return dt is not None and dt.kind in "biufc"
 
 
-def load_values(t: gs.Constant) -> np.ndarray:
-    """A constant's values, read without caching them in the tensor: graphsurgeon keeps a loaded copy
-    forever once ``.values`` is touched, which would double the memory a big model needs."""
-    v = peek(t)
-    if hasattr(v, "load") and not isinstance(v, np.ndarray):
-        return np.asarray(v.load())
-    return np.asarray(v)
+#: a constant's values, read without caching them in the tensor: graphsurgeon keeps a loaded copy
+#: forever once ``.values`` is touched, which would double the memory a big model needs
+load_values = peek_values
 
 
 def const_bytes(t: gs.Constant) -> bytes:
