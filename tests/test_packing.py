@@ -27,7 +27,8 @@ from onnxopt.packing import (
     rans,
     unpack_model,
 )
-from onnxopt.packing.codecs import Codec, choose, decode_alone
+from onnxopt.packing import groups as group_ids
+from onnxopt.packing.codecs import Codec, Coded, choose, code_groups, decode_alone
 from onnxopt.packing.entropy import counts, entropy_bits, plane_bound_bytes
 from onnxopt.packing.format import (
     HEADER,
@@ -36,6 +37,7 @@ from onnxopt.packing.format import (
     MAGIC,
     PREFIX_SIZE,
     SKELETON_ZLIB,
+    CorruptPackError,
     Reader,
     read_header,
 )
@@ -454,6 +456,89 @@ def test_tensor_codec_choice_roundtrip(dtype, n, kind, seed, codecs):
 
 
 @FAST
+@given(
+    itemsize=st.sampled_from([1, 2, 4]),
+    rows=st.integers(2, 40),
+    row_len=st.integers(1, 50),
+    extra=st.integers(0, 30),
+    transposed=st.booleans(),
+    groups_=st.integers(2, 16),
+    kind=st.sampled_from(["scaled", "uniform", "constant_rows"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_row_groups_roundtrip(itemsize, rows, row_len, extra, transposed, groups_, kind, seed):
+    """GROUPS codes any rows/ids layout bit-exactly: ragged tail, transposed views, constant groups."""
+    rng = np.random.default_rng(seed)
+    n = rows * row_len + (0 if transposed else extra % row_len)  # a ragged tail shorter than a row
+    if kind == "scaled":
+        scale = np.concatenate([np.repeat(np.geomspace(1, 100, rows), row_len), np.ones(n - rows * row_len)])
+        values = rng.standard_normal(n) * scale
+    elif kind == "uniform":
+        values = rng.integers(-128, 128, n)
+    else:
+        values = np.repeat(rng.integers(-3, 3, rows), row_len).tolist() + [0] * (n - rows * row_len)
+    data = np.asarray(values).astype({1: np.int8, 2: np.float16, 4: np.float32}[itemsize]).tobytes()
+    arr = np.frombuffer(data, dtype=np.uint8)
+    groups_ = min(groups_, rows)
+    ids = rng.permutation(np.arange(rows) % groups_).astype(np.uint8)
+    row_bytes = (n // rows if transposed else row_len) * itemsize
+    coded = code_groups(arr, itemsize, row_bytes, transposed, ids, PackOptions())
+    assert decode_alone(coded, len(data), LIMITS) == data
+
+
+@FAST
+@given(groups_=st.integers(2, 16), rows=st.integers(1, 300), seed=st.integers(0, 1000))
+def test_group_ids_pack_unpack(groups_, rows, seed):
+    ids = np.random.default_rng(seed).integers(0, groups_, rows).astype(np.uint8)
+    packed = group_ids.pack_ids(ids, groups_)
+    assert len(packed) == group_ids.ids_bytes(rows, groups_)
+    assert np.array_equal(group_ids.unpack_ids(packed, rows, groups_), ids)
+
+
+def test_row_groups_beat_one_table_on_channel_scaled_weights():
+    """Per-tensor-quantized int8 channels of different scales: groups code well below the order-0 bound."""
+    rng = np.random.default_rng(5)
+    for shape, transposed in (((64, 16, 3, 3), False), ((256, 128), True)):
+        w = _channel_scaled_int8(rng, shape[0] if not transposed else shape[1], int(np.prod(shape)) // (
+            shape[0] if not transposed else shape[1]))
+        if transposed:
+            w = np.ascontiguousarray(w.T)
+        w = w.reshape(shape)
+        data = w.tobytes()
+        plain = choose(data, 1, PackOptions(), shape=None)
+        coded = choose(data, 1, PackOptions(), shape=shape)
+        assert coded.codec is Codec.GROUPS and coded.label.startswith("groups[")
+        assert ("T" in coded.label.split("x")[0]) == transposed
+        assert coded.size < min(plain.size, plane_bound_bytes(data, 1))
+        assert decode_alone(coded, len(data), LIMITS) == data
+        model = _model([numpy_helper.from_array(w, "w")])
+        assert unpack_model(pack_model(model).data).SerializeToString() == model.SerializeToString()
+
+
+def test_row_groups_hostile_metadata():
+    rng = np.random.default_rng(9)
+    data = _channel_scaled_int8(rng, 16, 64).tobytes()
+    ids = (np.arange(16) % 4).astype(np.uint8)
+    coded = code_groups(np.frombuffer(data, dtype=np.uint8), 1, 64, False, ids, PackOptions())
+    assert decode_alone(coded, len(data), LIMITS) == data
+    head = 1 + 1 + 1 + 1  # itemsize, flags, row bytes (64: one varint byte), group count
+    cases = {
+        "group id out of range": lambda m: m[: head - 1] + bytes([3]) + m[head:],  # ids hold 0..3, K=3
+        "empty row group": lambda m: m[:head] + bytes([0] * 4) + m[head + 4 :],  # every row in group 0
+        "malformed row groups": lambda m: m[:1] + bytes([2]) + m[2:],  # unknown flag
+        "row groups leave": lambda m: m,
+    }
+    for message, tamper in cases.items():
+        bulk = coded.bulk + (b"\0" if message == "row groups leave" else b"")
+        bad = Coded(Codec.GROUPS, tamper(coded.meta), bulk, coded.rans, coded.huffman)
+        with pytest.raises(CorruptPackError, match=message):
+            decode_alone(bad, len(data), LIMITS)
+    for raw_len in (len(data) - 1, 100, 64, 10**12):
+        with pytest.raises(CorruptPackError):
+            decode_alone(coded, raw_len, LIMITS)
+
+
+@FAST
 @given(itemsize=st.sampled_from([1, 2, 4, 8]), n=st.integers(0, 500), seed=st.integers(0, 1000))
 def test_planes_split_merge(itemsize, n, seed):
     data = np.random.default_rng(seed).integers(0, 256, n * itemsize).astype(np.uint8)
@@ -472,6 +557,12 @@ def test_entropy_bounds():
 # --------------------------------------------------------------------------- corrupt, truncated and hostile files
 
 
+def _channel_scaled_int8(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """int8 weights of a per-tensor quantized layer whose output channels differ in scale."""
+    scale = np.geomspace(2, 60, rows)[rng.permutation(rows)]
+    return np.clip(np.round(rng.standard_normal((rows, cols)) * scale[:, None]), -127, 127).astype(np.int8)
+
+
 @pytest.fixture(scope="module")
 def small_pack() -> tuple[onnx.ModelProto, bytes]:
     rng = np.random.default_rng(11)
@@ -483,10 +574,18 @@ def small_pack() -> tuple[onnx.ModelProto, bytes]:
             numpy_helper.from_array((rng.standard_normal(40) * 0.01).astype(np.float32), "bias1"),
             numpy_helper.from_array((rng.standard_normal(24) * 0.01).astype(np.float32), "bias2"),
             numpy_helper.from_array((rng.standard_normal(32) * 0.01).astype(np.float32), "bias3"),
+            # output channels of two very different scales (a pruned-looking layer): row groups win
+            numpy_helper.from_array(
+                np.round(rng.standard_normal((16, 64)) * np.where(rng.random(16) < 0.5, 0.4, 40)[:, None])
+                .clip(-127, 127)
+                .astype(np.int8),
+                "grouped",
+            ),
         ]
     )
     result = pack_model(model)
     assert any(t.codec.startswith("bundle[") for t in result.tensors)  # hostile tests cover bundles too
+    assert any(t.codec.startswith("groups[") for t in result.tensors)  # ... and row groups
     data = result.data
     assert unpack_model(data).SerializeToString() == model.SerializeToString()
     return model, data

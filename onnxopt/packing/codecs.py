@@ -16,6 +16,11 @@ inside the compressed index, where similar tables of many tensors compress toget
             bundle's first bytes
     SLICE   uvarint bundle number (0 = the file's first BUNDLE record) / -: a later member of a
             bundle, whose bytes follow the previous member's
+    GROUPS  u8 itemsize, u8 flags (1: transposed), uvarint row bytes R, u8 group count K, the group
+            id of each of the ``raw_len // R`` rows (groups.pack_ids), then per group: uvarint meta
+            length, that group's PLANES meta, uvarint bulk length / the groups' PLANES bulks: rows
+            (output channels, or fixed-size chunks) sorted by group, each group coded with its own
+            tables; bytes after the last whole row end the last group (see groups.py)
 
 Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
@@ -34,14 +39,14 @@ import enum
 import lzma
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxopt.packing import huffman, rans
+from onnxopt.packing import groups, huffman, rans
 from onnxopt.packing.entropy import counts, entropy_bits, plane_histograms
-from onnxopt.packing.format import LIMITS, CorruptPackError, Limits, Reader
+from onnxopt.packing.format import LIMITS, CorruptPackError, Limits, Reader, write_uvarint
 from onnxopt.packing.lanes import EncodedStream, LaneStream
 from onnxopt.packing.planes import split_planes
 
@@ -54,6 +59,7 @@ class Codec(enum.IntEnum):
     REF = 4
     BUNDLE = 5
     SLICE = 6
+    GROUPS = 7
 
 
 class PlaneCodec(enum.IntEnum):
@@ -63,7 +69,7 @@ class PlaneCodec(enum.IntEnum):
     HUFFMAN = 3
 
 
-CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans")
+CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups")
 #: zlib cannot expand data by more than this factor (deflate's best case is ~1032:1)
 ZLIB_MAX_RATIO = 1100
 
@@ -92,6 +98,12 @@ class PackOptions:
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
+    #: row groups (see groups.py) are planned for payloads of at least this many bytes ...
+    group_min_bytes: int = 256
+    #: ... and coded when the plan saves at least this fraction of the best size so far
+    group_min_gain: float = 0.002
+    #: rows of this many elements are tried when no tensor shape gives rows (bundles, 1-d tensors)
+    group_chunks: tuple[int, ...] = (64, 256)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= LIMITS.max_steps:
@@ -221,8 +233,78 @@ def _sample(data: bytes, size: int, parts: int = 4) -> bytes:
     return b"".join(data[i * step : i * step + size] for i in range(parts))
 
 
-def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
-    """Code one payload with every allowed codec worth trying; return the smallest."""
+def _row_layouts(size: int, itemsize: int, shape: Sequence[int] | None, options: PackOptions) -> list[tuple[int, bool]]:
+    """Candidate (row bytes, transposed) views for row groups: output channels by the tensor's shape
+    (first axis; last axis transposed, as MatMul weights keep theirs), else fixed-size chunks."""
+    layouts: list[tuple[int, bool]] = []
+    dims = [int(d) for d in shape] if shape is not None else []
+    if len(dims) >= 2 and all(d > 0 for d in dims) and math.prod(dims) * itemsize == size:
+        if dims[0] >= 2:
+            layouts.append((size // dims[0], False))
+        if dims[-1] >= 2:
+            layouts.append((size // dims[-1], True))
+        return layouts
+    for chunk in options.group_chunks:
+        if size >= 4 * chunk * itemsize:
+            layouts.append((chunk * itemsize, False))
+    return layouts
+
+
+def code_groups(data: np.ndarray, itemsize: int, row_bytes: int, transposed: bool, ids: np.ndarray,
+                options: PackOptions) -> Coded:
+    """Code ``data`` as rows of ``row_bytes`` sorted by group ``ids``, each group with code_planes."""
+    rows = data.size // row_bytes
+    whole = rows * row_bytes
+    if ids.size != rows or (transposed and whole != data.size) or row_bytes % itemsize:
+        raise ValueError(f"row groups: {ids.size} ids for {data.size} bytes in rows of {row_bytes}")
+    k = int(ids.max()) + 1
+    view = groups.grouped_view(data[:whole], itemsize, rows, transposed)
+    permuted = view[np.argsort(ids, kind="stable")].reshape(-1)
+    counts = np.bincount(ids, minlength=k)
+    meta = bytearray([itemsize, int(transposed)])
+    write_uvarint(meta, row_bytes)
+    meta.append(k)
+    meta += groups.pack_ids(ids, k)
+    coded = Coded(Codec.GROUPS)
+    bulks = []
+    start = 0
+    for g in range(k):
+        end = start + int(counts[g]) * row_bytes
+        seg = permuted[start:end] if g < k - 1 else np.concatenate([permuted[start:end], data[whole:]])
+        start = end
+        sub = code_planes(seg, itemsize, options)
+        write_uvarint(meta, len(sub.meta))
+        meta += sub.meta
+        write_uvarint(meta, len(sub.bulk))
+        bulks.append(sub.bulk)
+        coded.rans += sub.rans
+        coded.huffman += sub.huffman
+    coded.meta = bytes(meta)
+    coded.bulk = b"".join(bulks)
+    coded.label = f"groups[{k}{'T' if transposed else ''}x{row_bytes // itemsize}]"
+    return coded
+
+
+def _try_groups(
+    arr: np.ndarray, itemsize: int, shape: Sequence[int] | None, best: Coded, options: PackOptions
+) -> Coded:
+    plan: tuple[float, int, bool, np.ndarray] | None = None
+    for row_bytes, transposed in _row_layouts(arr.size, itemsize, shape, options):
+        rows = arr.size // row_bytes
+        ids, saved = groups.plan(groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed), itemsize)
+        if ids is not None and (plan is None or saved > plan[0]):
+            plan = (saved, row_bytes, transposed, ids)
+    if plan is None or plan[0] < max(16.0, options.group_min_gain * best.size):
+        return best
+    coded = code_groups(arr, itemsize, plan[1], plan[2], plan[3], options)
+    return coded if coded.size < best.size else best
+
+
+def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int] | None = None) -> Coded:
+    """Code one payload with every allowed codec worth trying; return the smallest.
+
+    ``shape`` (the tensor's dims, when ``data`` is one tensor) gives the rows for row groups.
+    """
     best = Coded(Codec.RAW, bulk=data, label="raw")
     if not data:
         return best
@@ -235,6 +317,8 @@ def choose(data: bytes, itemsize: int, options: PackOptions) -> Coded:
         hists = planes.hists
         if planes.size < best.size:
             best = planes
+        if "groups" in options.codecs and len(data) >= options.group_min_bytes:
+            best = _try_groups(arr, itemsize, shape, best, options)
     lz = [c for c in ("zlib", "lzma") if c in options.codecs]
     if lz and len(data) > options.lz_full_trial_bytes:
         # on a sample: can LZ beat the byte-plane entropy (an optimistic estimate of our coders)?
@@ -287,6 +371,10 @@ class Parsed:
     ref: int = -1  # REF: the record whose payload this is; SLICE: the BUNDLE record
     offset: int = 0  # SLICE: where this record's bytes start in the bundle
     bundle_len: int = -1  # BUNDLE: decoded size of the whole bundle
+    segments: list[tuple[int, int, Parsed]] = field(default_factory=list)  # GROUPS: (base, size, planes)
+    group_ids: np.ndarray | None = None  # GROUPS: group of each row
+    row_bytes: int = 0
+    transposed: bool = False
 
 
 def parse_payload(
@@ -347,7 +435,48 @@ def parse_payload(
         parsed = parse_payload(inner, r.take(r.remaining), bulk, total, what, limits)
         parsed.bundle_len = total
         return parsed
+    if kind is Codec.GROUPS:
+        return _parse_groups(r, bulk, raw_len, what, limits)
     return _parse_planes(r, bulk, raw_len, what, limits)
+
+
+def _parse_groups(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
+    itemsize = r.u8()
+    flags = r.u8()
+    row_bytes = r.uvarint(raw_len, "row size")
+    if itemsize < 1 or flags > 1 or row_bytes < itemsize or row_bytes % itemsize or raw_len % itemsize:
+        raise CorruptPackError(f"{what}: malformed row groups")
+    rows = raw_len // row_bytes
+    k = r.u8()
+    if rows < 2 or (flags and rows * row_bytes != raw_len) or not 2 <= k <= min(groups.MAX_GROUPS, rows):
+        raise CorruptPackError(f"{what}: malformed row groups")
+    ids = groups.unpack_ids(r.take(groups.ids_bytes(rows, k)), rows, k)
+    if int(ids.max()) >= k:
+        raise CorruptPackError(f"{what}: row group id out of range")
+    counts = np.bincount(ids, minlength=k)
+    if not counts.all():
+        raise CorruptPackError(f"{what}: empty row group")
+    parsed = Parsed(itemsize=itemsize, group_ids=ids, row_bytes=row_bytes, transposed=bool(flags))
+    pos = base = 0
+    for g in range(k):
+        sub_meta = r.take(r.uvarint(r.remaining, "group metadata size"))
+        size = int(counts[g]) * row_bytes + (raw_len - rows * row_bytes if g == k - 1 else 0)
+        length = r.uvarint(len(bulk) - pos, "group payload size")
+        sub = _parse_planes(Reader(sub_meta, what), bulk[pos : pos + length], size, what, limits)
+        if sub.itemsize != itemsize:
+            raise CorruptPackError(f"{what}: row group with another element size")
+        pos += length
+        for stream in sub.rans + sub.huffman:
+            stream.dest += base
+        parsed.rans += sub.rans
+        parsed.huffman += sub.huffman
+        parsed.segments.append((base, size, sub))
+        base += sub.extent
+    r.done()
+    if pos != len(bulk):
+        raise CorruptPackError(f"{what}: row groups leave {len(bulk) - pos} payload bytes unused")
+    parsed.extent = base
+    return parsed
 
 
 def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
@@ -394,6 +523,8 @@ def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
 
 def fill_planes(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
     """Write a PLANES region's RAW and CONST planes (the lockstep coders write the others)."""
+    for offset, part, sub in parsed.segments:
+        fill_planes(sub, out, base + offset, part)
     grid = out[base : base + size].reshape(-1, parsed.itemsize)
     for plane, first, fill in parsed.fills:
         if isinstance(fill, int):
@@ -417,11 +548,30 @@ def decode_alone(coded: Coded, raw_len: int, limits: Limits) -> bytes:
     if not huffman.decode_batch(parsed.huffman, interleave_words(coded.huffman, np.uint32), out):
         raise CorruptPackError("inconsistent Huffman data")
     place_carries(parsed, out, 0, size)
-    return out[:raw_len].tobytes()
+    return assemble(parsed, out, 0, size)[:raw_len]
+
+
+def assemble(parsed: Parsed, out: np.ndarray, base: int, size: int) -> bytes:
+    """A parsed payload's decoded bytes, once the coders have written ``out`` (rows put back in order)."""
+    if parsed.data is not None:
+        return parsed.data
+    if not parsed.segments:
+        return out[base : base + size].tobytes()
+    permuted = np.concatenate([out[base + offset : base + offset + part] for offset, part, _ in parsed.segments])
+    rows = size // parsed.row_bytes
+    whole = rows * parsed.row_bytes
+    body = groups.ungroup(
+        permuted[:whole].reshape(rows, parsed.row_bytes), parsed.group_ids, parsed.itemsize, parsed.transposed
+    )
+    return body + permuted[whole:].tobytes() if whole < size else body
 
 
 def place_carries(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
     """Write the bytes the rANS lanes carried (pool bytes or their own last symbols) where they belong."""
+    if parsed.segments:
+        for offset, part, sub in parsed.segments:
+            place_carries(sub, out, base + offset, part)
+        return
     n = size // parsed.itemsize
     planes = np.array(parsed.pool_planes, dtype=np.int64)
     for stream in parsed.rans:

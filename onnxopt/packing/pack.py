@@ -37,6 +37,7 @@ from onnxopt.packing.codecs import (
     Coded,
     PackOptions,
     Parsed,
+    assemble,
     choose,
     fill_planes,
     parse_payload,
@@ -177,7 +178,9 @@ def pack_model(
             refs[i] = seen[key]
         else:
             seen[key] = i
-    individual = {i: choose(p.data, p.itemsize, options) for i, p in taken.items() if i not in refs}
+    individual = {
+        i: choose(p.data, p.itemsize, options, shape=tensors[i].dims) for i, p in taken.items() if i not in refs
+    }
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
     sizes = {i: (len(taken[i].data), taken[i].itemsize) for i in individual if taken[i].data}
@@ -448,7 +451,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     r.done()
     out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
     for rec, p, off in zip(records, parsed, offsets):
-        if p is None or not p.fills:
+        if p is None or not (p.fills or p.segments):
             continue
         fill_planes(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
     if not rans.decode_batch(rans_streams, rans_words, out):
@@ -470,7 +473,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             payload = bundles[p.ref][p.offset : p.offset + rec.raw_len]
         else:
             size = p.bundle_len if p.bundle_len >= 0 else rec.raw_len
-            full = p.data if p.data is not None else out[off : off + size].tobytes()
+            full = assemble(p, out, off, size)
             if p.bundle_len >= 0:
                 bundles[i] = full
                 payload = full[: rec.raw_len]
