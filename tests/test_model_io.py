@@ -233,3 +233,20 @@ def test_exporting_twice_keeps_outer_scope_weights():
     second = mio.to_model(graph, like=model)
     assert first == second
     assert mio.weight_bytes(second) == mio.weight_bytes(first) > 0
+
+
+def test_nesting_deeper_than_protobufs_limit_is_refused_cleanly():
+    """If-bodies nested 200 deep, written byte by byte (the onnx helpers cannot even build it)."""
+    from onnxopt.model import _length_delimited, _varint
+
+    def field(number: int, payload: bytes) -> bytes:
+        return _length_delimited(number, len(payload)) + payload
+
+    graph = field(2, b"leaf")  # GraphProto.name
+    for _ in range(200):
+        attr = field(1, b"then_branch") + _varint(20 << 3) + _varint(5) + field(6, graph)  # name, type=GRAPH, g
+        node = field(1, b"c") + field(2, b"y") + field(4, b"If") + field(5, attr)
+        graph = field(1, node) + field(2, b"g")
+    model = _varint(1 << 3) + _varint(8) + field(8, _varint(2 << 3) + _varint(17)) + field(7, graph)
+    with pytest.raises(BadModelError, match="not a readable ONNX model"):
+        mio.load(model)
