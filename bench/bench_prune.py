@@ -199,10 +199,11 @@ def bench_one(label: str, model: onnx.ModelProto, cal: list[dict], ev: list[dict
                           calibration_source=f"{data} samples", seed=args.seed)
         g = gs.import_onnx(model)
         t0 = time.perf_counter()
+        extra = {"allocation": args.allocation} if args.allocation else {}
         res = PruneChannels(ratio=args.ratio, importance=args.importance, global_ranking=args.global_ranking,
                             calibration_samples=len(cal), round_to=round_to, reconstruct=reconstruct,
                             min_channels=args.min_channels, layer_floor=args.layer_floor,
-                            prelu_nchwc=not args.keep_prelu).run(g, ctx)
+                            prelu_nchwc=not args.keep_prelu, **extra).run(g, ctx)
         seconds = time.perf_counter() - t0
         if not res.modified:
             return None, res.stats, seconds
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--importance", default="l1")
     ap.add_argument("--global-ranking", action="store_true")
+    ap.add_argument("--allocation", default=None, help="uniform | sensitivity (default: the pass's)")
     ap.add_argument("--round-to", default="auto", help="channel multiple (an integer, or 'auto')")
     ap.add_argument("--min-channels", type=int, default=8, help="groups this small are left alone")
     ap.add_argument("--layer-floor", type=float, default=0.1, help="per-group floor with --global-ranking")

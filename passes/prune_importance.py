@@ -129,10 +129,14 @@ class Selector:
     def floor(self, n: int) -> int:
         return min(n, max(self.min_channels, math.ceil(self.layer_floor * n), 1))
 
-    def select(self, ratio: float) -> tuple[np.ndarray, list[GroupDecision]]:
+    def select(self, ratio: float, keep_counts: dict[int, int] | None = None
+               ) -> tuple[np.ndarray, list[GroupDecision]]:
+        """Removed classes and per-group decisions; ``keep_counts`` (group id -> kept, already rounded)
+        overrides the ratio for the groups it names."""
         removed = np.zeros(self.roots.size, dtype=bool)
         decisions = []
-        keep_counts: dict[int, int] = {}
+        given = dict(keep_counts or {})
+        keep_counts = {}
         if self.global_ranking and ratio > 0:
             keep_counts = self._global_counts(ratio)
         for g in self.groups:
@@ -148,6 +152,8 @@ class Selector:
             k = round_keep(target, n, self.round_to, self.floor(n))
             if ratio <= 0:
                 k = n
+            if g["id"] in given:
+                k = min(max(int(given[g["id"]]), 1), n)
             if k < n:
                 order = np.argsort(-self.scores[classes], kind="stable")
                 removed[classes[order[k:]]] = True

@@ -262,7 +262,8 @@ def test_structure_conv_bn_relu():
 
 
 def test_residual_coupling_keeps_streams_equal():
-    res, out = run_pass(fixtures.get("residual_add"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
+    res, out = run_pass(fixtures.get("residual_add"), PruneChannels(ratio=0.5, round_to=8, reconstruct=False,
+                                                                    allocation="uniform"))
     ch = conv_channels(out)
     # stem conv_0 and the identity block's second conv write one residual stream: same count
     assert ch["conv_0"][0] == ch["conv_2"][0] == 8
@@ -316,7 +317,8 @@ def test_dynamic_shapes_survive():
 
 
 def test_unknown_op_blocks_its_group():
-    res, out = run_pass(unknown_op_model(), PruneChannels(ratio=0.5, round_to=8, reconstruct=False))
+    res, out = run_pass(unknown_op_model(), PruneChannels(ratio=0.5, round_to=8, reconstruct=False,
+                                                          allocation="uniform"))
     assert res.modified
     ch = conv_channels(out)
     assert ch["conv0"][0] == 16  # group behind LpNormalization untouched
@@ -361,15 +363,18 @@ def test_round_keep():
 
 
 def test_multiple_of_eight_rounding():
-    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=8, reconstruct=False))
+    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=8, reconstruct=False, allocation="uniform"))
     ch = conv_channels(out)
     assert ch["conv0"] == (32, 3) and ch["conv1"] == (32, 32)
-    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=16, reconstruct=False))
+    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=16, reconstruct=False, allocation="uniform"))
     ch = conv_channels(out)
     assert ch["conv0"] == (32, 3) and ch["conv1"] == (32, 32)  # 33.6 -> 32, 28 -> 32 (ties keep more)
-    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=1, reconstruct=False))
+    _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=1, reconstruct=False, allocation="uniform"))
     ch = conv_channels(out)
     assert ch["conv0"][0] == 34 and ch["conv1"][0] == 28
+    for r in (8, 16):  # sensitivity allocation moves the cut between groups, on the same grid
+        _, out = run_pass(rounding_model(), PruneChannels(ratio=0.3, round_to=r, reconstruct=False))
+        assert all(c[0] % r == 0 for c in conv_channels(out).values())
 
 
 def test_round_to_auto_matches_ort_block():
@@ -420,7 +425,7 @@ def test_ratio_zero_is_unmodified():
 def test_bad_options():
     for kw in ({"ratio": 1.0}, {"ratio": -0.1}, {"importance": "taylor"}, {"round_to": 0}, {"round_to": "16"},
                {"flops_target": 0.0},
-               {"reconstruct_inputs": "both"}):
+               {"reconstruct_inputs": "both"}, {"allocation": "greedy"}):
         with pytest.raises(UsageError):
             PruneChannels(**kw)
     assert make_pass("prune-channels", ratio=0.2).ratio == 0.2
@@ -576,3 +581,64 @@ def test_pass_rewrites_prelu_unless_asked_not_to():
     m = summarize(compare_outputs(run(out_off, feeds), run(out_on, feeds)))
     assert m["exact"] or m["min_sqnr_db"] > 100, m
 
+
+
+# --------------------------------------------------------------------------- sensitivity allocation
+
+
+def _calib_feeds(model, n, seed=20):
+    return [fixtures.random_feeds(model, seed=seed + i) for i in range(n)]
+
+
+def test_sensitivity_probe_matches_real_pruning():
+    """The damage measured by zeroing consumer columns is the damage of really removing the channels."""
+    from passes.prune_sensitivity import _Probe, _zeroed
+
+    model = fixtures.get("demo")
+    feeds = _calib_feeds(model, 2)
+    g = gs.import_onnx(model)
+    g.toposort()
+    shapes = concrete_shapes(model, {k: v.shape for k, v in feeds[0].items()}, feeds[0])
+    a = ChannelAnalysis(g, shapes, int(g.opset))
+    a.run()
+    roots = a.uf.roots()
+    groups = [x for x in a.groups() if not x["blocked"] and len(x["classes"]) >= 8]
+    cons = [m for m in a.members if m.role == "consumer"]
+    probe = _Probe(model, {m.node.inputs[m.input_index].name for m in cons}, feeds)
+    touch = {}
+    for m in cons:
+        for r in np.unique(roots[m.info.ids]).tolist():
+            touch.setdefault(r, []).append(m)
+    drop = groups[0]["classes"][: len(groups[0]["classes"]) // 2]
+    predicted = probe.damage(_zeroed(probe, touch, roots, drop))
+    removed = np.zeros(roots.size, dtype=bool)
+    removed[drop] = True
+    a.apply(removed, NameGen(g))
+    g.cleanup()
+    a.reset_shapes()
+    pruned = to_model(g, like=model)
+    ref, got = run(model, feeds), run(pruned, feeds)
+    nsr = np.mean([np.mean([np.mean((r[k].astype(np.float64) - o[k]) ** 2) for r, o in zip(ref, got)])
+                   / np.mean([np.mean(r[k].astype(np.float64) ** 2) for r in ref]) for k in ref[0]])
+    assert predicted > 0 and predicted == pytest.approx(nsr, rel=1e-3)
+
+
+def test_sensitivity_allocation_same_macs_less_damage():
+    model = fixtures.get("demo")
+    calib = _calib_feeds(model, 6)
+    uni, _ = run_pass(model, PruneChannels(ratio=0.4, round_to=4, allocation="uniform", reconstruct=False), calib)
+    sen, _ = run_pass(model, PruneChannels(ratio=0.4, round_to=4, allocation="sensitivity", reconstruct=False),
+                      calib)
+    assert uni.modified and sen.modified and sen.stats["mode"] == "sensitivity"
+    s = sen.stats["sensitivity"]
+    assert s["groups_measured"] > 0 and s["reached"]
+    assert sen.stats["macs_after"] <= uni.stats["macs_after"]
+    assert s["predicted_damage"] <= s["predicted_damage_uniform"]
+    assert sen.stats["macs_after"] == sen.stats["macs_after_estimate"]
+
+
+def test_declares_budget():
+    """prune-channels validates against its own (looser) budget unless the user gives one."""
+    assert isinstance(PruneChannels.budget, Budget)
+    assert PruneChannels.budget.min_cosine < Budget().min_cosine
+    assert PruneChannels.budget.min_sqnr_db < Budget().min_sqnr_db
