@@ -314,7 +314,7 @@ def test_report_fields_and_json():
 
 def test_unknown_codec_name_is_a_usage_error():
     with pytest.raises(onnxopt.errors.UsageError):
-        pack_model(mlp_model(), codecs=["brotli"])
+        pack_model(mlp_model(), codecs=["snappy"])
 
 
 # --------------------------------------------------------------------------- codec properties
@@ -436,7 +436,7 @@ _DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.i
     n=st.integers(0, 3000),
     kind=st.sampled_from(["normal", "constant", "sparse", "small_ints"]),
     seed=st.integers(0, 2**32 - 1),
-    codecs=st.sampled_from([None, ("rans",), ("huffman",), ("zlib",), ("lzma",)]),
+    codecs=st.sampled_from([None, ("rans",), ("huffman",), ("zlib",), ("lzma",), ("brotli",), ("groups", "rans")]),
 )
 def test_tensor_codec_choice_roundtrip(dtype, n, kind, seed, codecs):
     rng = np.random.default_rng(seed)
@@ -505,14 +505,35 @@ def test_row_groups_beat_one_table_on_channel_scaled_weights():
             w = np.ascontiguousarray(w.T)
         w = w.reshape(shape)
         data = w.tobytes()
-        plain = choose(data, 1, PackOptions(), shape=None)
-        coded = choose(data, 1, PackOptions(), shape=shape)
+        entropy_coders = PackOptions.from_codecs(["rans", "huffman", "groups"])
+        plain = choose(data, 1, PackOptions.from_codecs(["rans", "huffman"]), shape=shape)
+        coded = choose(data, 1, entropy_coders, shape=shape)
         assert coded.codec is Codec.GROUPS and coded.label.startswith("groups[")
         assert ("T" in coded.label.split("x")[0]) == transposed
         assert coded.size < min(plain.size, plane_bound_bytes(data, 1))
         assert decode_alone(coded, len(data), LIMITS) == data
         model = _model([numpy_helper.from_array(w, "w")])
         assert unpack_model(pack_model(model).data).SerializeToString() == model.SerializeToString()
+
+
+def test_brotli_codec_and_hostile_streams():
+    import brotli
+
+    rng = np.random.default_rng(4)
+    data = np.clip(np.round(rng.laplace(0, 6, 5000)), -127, 127).astype(np.int8).tobytes()
+    coded = choose(data, 1, PackOptions.from_codecs(["brotli"]))
+    assert coded.codec is Codec.BROTLI and coded.size < 0.8 * len(data)
+    assert decode_alone(coded, len(data), LIMITS) == data
+    bomb = brotli.compress(b"\0" * 50_000_000, quality=11)  # 50 MB in a few bytes: refused, not inflated
+    cases = [
+        (Coded(Codec.BROTLI, b"", bomb), 1000, "does not hold exactly"),
+        (Coded(Codec.BROTLI, b"", coded.bulk + b"junk"), len(data), "corrupt brotli"),
+        (Coded(Codec.BROTLI, b"", coded.bulk[:-3]), len(data), "brotli"),
+        (Coded(Codec.BROTLI, b"\1", coded.bulk), len(data), "truncated|trailing|unused|malformed|bytes"),
+    ]
+    for bad, raw_len, message in cases:
+        with pytest.raises(CorruptPackError, match=message):
+            decode_alone(bad, raw_len, LIMITS)
 
 
 def test_row_groups_hostile_metadata():

@@ -7,6 +7,8 @@ inside the compressed index, where similar tables of many tensors compress toget
     RAW     - / the bytes as they are
     ZLIB    - / zlib level 9 stream (wins on tensors with repeats: lookup tables, STFT bases, shapes)
     LZMA    u8 log2(dictionary size) / raw LZMA2 stream (stdlib, C-backed)
+    BROTLI  - / brotli stream (Google's C library: its context modelling on the previous bytes codes
+            small int8 tensors and bundles without per-tensor tables, and it unpacks at zlib's speed)
     PLANES  u8 itemsize, then per byte plane u8 plane codec + its meta / the RAW planes' bytes
             (the *pool*), minus its last 2 bytes per rANS lane, which ride in the lanes' start
             states (see rans.encode); the decoder recomputes that split from the lane counts
@@ -44,6 +46,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:  # a dependency (setup.cfg); packing without it only loses one candidate codec
+    import brotli as _brotli
+except ImportError:  # pragma: no cover
+    _brotli = None
+
 from onnxopt.packing import groups, huffman, rans
 from onnxopt.packing.entropy import counts, entropy_bits, plane_histograms
 from onnxopt.packing.format import LIMITS, CorruptPackError, Limits, Reader, write_uvarint
@@ -60,6 +67,7 @@ class Codec(enum.IntEnum):
     BUNDLE = 5
     SLICE = 6
     GROUPS = 7
+    BROTLI = 8
 
 
 class PlaneCodec(enum.IntEnum):
@@ -69,7 +77,7 @@ class PlaneCodec(enum.IntEnum):
     HUFFMAN = 3
 
 
-CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups")
+CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups", "brotli")
 #: zlib cannot expand data by more than this factor (deflate's best case is ~1032:1)
 ZLIB_MAX_RATIO = 1100
 
@@ -95,6 +103,7 @@ class PackOptions:
     lzma_probe: float = 1.08
     #: LZMA must beat the best other codec by this fraction (it unpacks several times slower)
     lzma_margin: float = 0.02
+    brotli_quality: int = 11
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
@@ -319,7 +328,9 @@ def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int
             best = planes
         if "groups" in options.codecs and len(data) >= options.group_min_bytes:
             best = _try_groups(arr, itemsize, shape, best, options)
-    lz = [c for c in ("zlib", "lzma") if c in options.codecs]
+    lz = [c for c in ("zlib", "lzma", "brotli") if c in options.codecs and (c != "brotli" or _brotli is not None)]
+    # brotli's context modelling suits 1-byte data; on wider elements it follows zlib's lead, like LZMA
+    gated = {"lzma", "brotli"} if itemsize > 1 else {"lzma"}
     if lz and len(data) > options.lz_full_trial_bytes:
         # on a sample: can LZ beat the byte-plane entropy (an optimistic estimate of our coders)?
         sample = _sample(data, options.lz_sample_bytes)
@@ -329,28 +340,40 @@ def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int
         ratio = best.size / len(data)
         target = min(bound, ratio * len(sample)) * 0.99
         kept = []
+        far = False
         for name in lz:
+            if far and name in gated:
+                continue
             size = len(_lz(name, sample, options)[1])
             if size < target:
                 kept.append(name)
             elif name == "zlib" and size > target * options.lzma_probe:
-                break  # far from winning: LZMA will not close the gap either
+                far = True  # far from winning: LZMA will not close the gap either
         lz = kept
+    far = False
     for name in lz:
+        if far and name in gated:
+            continue
         meta, bulk = _lz(name, data, options)
         size = len(meta) + len(bulk)
         # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
         if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" else 0.0)):
-            best = Coded(Codec.ZLIB if name == "zlib" else Codec.LZMA, meta, bulk, label=name)
+            best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
         elif name == "zlib" and size > best.size * options.lzma_probe:
-            break  # LZMA rarely gains more than this over zlib: not worth its time here
+            far = True  # LZMA rarely gains more than this over zlib: not worth its time here
     best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
     return best
+
+
+_LZ_CODECS = {"zlib": Codec.ZLIB, "lzma": Codec.LZMA, "brotli": Codec.BROTLI}
 
 
 def _lz(name: str, data: bytes, options: PackOptions) -> tuple[bytes, bytes]:
     if name == "zlib":
         return b"", zlib.compress(data, 9)
+    if name == "brotli":
+        lgwin = max(10, min(24, math.ceil(math.log2(max(len(data), 1)))))
+        return b"", _brotli.compress(data, quality=options.brotli_quality, lgwin=lgwin)
     return _lzma_encode(data, options.lzma_preset)
 
 
@@ -421,6 +444,20 @@ def parse_payload(
             raise CorruptPackError(f"{what}: corrupt LZMA stream ({exc})") from None
         if len(data) != raw_len or not ok:
             raise CorruptPackError(f"{what}: LZMA stream does not hold exactly {raw_len} bytes")
+        return Parsed(data=data, extent=raw_len)
+    if kind is Codec.BROTLI:
+        r.done()
+        if _brotli is None:
+            raise CorruptPackError(f"{what}: brotli-coded payload, but the brotli package is not installed")
+        try:
+            inflater = _brotli.Decompressor()
+            # the output stops growing at the limit: a stream claiming more is refused, not inflated
+            data = inflater.process(bytes(bulk), output_buffer_limit=raw_len + 1)
+            ok = inflater.is_finished()
+        except _brotli.error as exc:
+            raise CorruptPackError(f"{what}: corrupt brotli stream ({exc})") from None
+        if len(data) != raw_len or not ok:
+            raise CorruptPackError(f"{what}: brotli stream does not hold exactly {raw_len} bytes")
         return Parsed(data=data, extent=raw_len)
     if kind in (Codec.REF, Codec.SLICE):
         ref = r.uvarint()
