@@ -10,6 +10,11 @@ Node roles (what a node becomes when it runs in int8; see onnxruntime's
 - ``binary``   DQ, DQ -> Add/Mul -> Q                                     => QLinearAdd / QLinearMul
 - ``concat``   DQ... -> Concat -> Q                                               => QLinearConcat
 - ``unary``    DQ -> (Global)AveragePool / Sigmoid / LeakyRelu / Softmax -> Q    => QLinear<op>
+- ``hsig``     HardSigmoid(x) = clip(alpha x + beta, 0, 1) with alpha > 0: emitted as
+               DQ(x, scale * alpha) -> Add(beta) -> Q, the clip done by the Q's saturation  => QLinearAdd
+- ``hswish``   HardSwish(x) = x * HardSigmoid(x): the ``hsig`` chain into an internal [0, 1] tensor,
+               then DQ(x), DQ(h) -> Mul -> Q                       => QLinearAdd + QLinearMul
+               (the float HardSwish between two int8 convs would cost a DQ, two float ops and a Q)
 - ``pass``     DQ -> Reshape/Transpose/MaxPool/... -> Q with equal parameters: the runtime drops the
                pair and moves uint8 data (the output shares the input's scale and zero point);
 - ``scale``    Mul/Div by a positive scalar constant: no node at all, the DequantizeLinear that
@@ -46,7 +51,10 @@ from .quant_calib import QParams, qparams_u8, quantize_bias, quantize_weight, we
 log = logging.getLogger(__name__)
 
 COMPUTE_ROLES = ("conv", "matmul", "matmul2", "gemm")
-ELEMENTWISE_ROLES = ("binary", "concat", "unary")
+ELEMENTWISE_ROLES = ("binary", "concat", "unary", "hsig", "hswish")
+#: unary roles that shrink their input a lot: worth running in int8 even when a float node reads
+#: the result (the Q/DQ on a [N, C, 1, 1] output costs nothing, the DQ of the input it saves does)
+REDUCING_OPS = ("GlobalAveragePool",)
 UNARY_OPS = ("GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu", "Softmax")
 PASS_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Gather",
             "GatherElements", "Resize", "Expand", "Tile")
@@ -124,6 +132,8 @@ class Role:
     role: str
     acts: list[int]  # input slots holding activations to quantize
     scale: float = 1.0  # for role "scale": multiplier applied to the input scale
+    # for roles "hsig"/"hswish": HardSigmoid's alpha and beta
+    params: tuple[float, ...] = ()
 
 
 def node_role(node: gs.Node, *, matmul_activations: bool = True) -> Role | None:
@@ -190,6 +200,12 @@ def node_role(node: gs.Node, *, matmul_activations: bool = True) -> Role | None:
             if r is None or axis not in (-1, r - 1):
                 return None
         return Role("unary", [0])
+    if op in ("HardSigmoid", "HardSwish") and ins and _is_activation(ins[0]):
+        alpha = float(node.attrs.get("alpha", 0.2 if op == "HardSigmoid" else 1.0 / 6.0))
+        beta = float(node.attrs.get("beta", 0.5))
+        if alpha > 0 and np.isfinite(alpha) and np.isfinite(beta):
+            return Role("hsig" if op == "HardSigmoid" else "hswish", [0], params=(alpha, beta))
+        return None
     if op == "Gather" and len(ins) == 2 and _const(ins[1]) is None:
         table = _const(ins[0])
         if table is not None and table.dtype == np.float32 and table.ndim == 2 and table.size >= 4096:
@@ -372,7 +388,8 @@ def make_plan(
             mark_output(node)
         elif r.role in ELEMENTWISE_ROLES:
             n_avail = sum(t.name in avail for t in ins)
-            if n_avail and reaches_compute(node.outputs[0]) and not _range_blowup(node, r, avail, ranges):
+            reducing = node.op in REDUCING_OPS and n_avail == len(ins)
+            if n_avail and (reducing or reaches_compute(node.outputs[0])) and not _range_blowup(node, r, avail, ranges):
                 selected[node.name] = r
                 mark_output(node)
         elif ins[0].name in avail:  # pass / scale
@@ -520,7 +537,15 @@ class _Emitter:
     def __init__(self, graph: gs.Graph, plan: Plan, qparams: dict[str, QParams], opts: EmitOptions):
         self.g = graph
         self.plan = plan
-        self.qp = qparams
+        self.qp = dict(qparams)
+        for name, r in plan.roles.items():
+            if r.role != "hsig":
+                continue
+            node = next((n for n in graph.nodes if n.name == name), None)
+            root = plan.tensors.get(node.outputs[0].name) if node is not None else None
+            if root is not None and root.root in self.qp and self.qp[root.root].hi > 1.0 + 1e-6:
+                # HardSigmoid's clip at 1 is the output Q's saturation: its range must end at <= 1
+                self.qp[root.root] = QParams(float(np.float32(1.0 / 255.0)), 0)
         self.opts = opts
         self.gen = NameGen(graph)
         self.tensors = graph.tensors()
@@ -673,6 +698,43 @@ class _Emitter:
         self.node("DequantizeLinear", [q_c, s_c, z_c], [out], f"{base}_DequantizeLinear")
         node.inputs[slot] = out
 
+    def hard_sigmoid(self, node: gs.Node, r: Role, x_name: str) -> None:
+        """Rewrite an int8 HardSigmoid / HardSwish (input already behind its DQ) into QDQ Add (+ Mul).
+
+        HardSigmoid: DQ(x_q, s_x * alpha) -> Add(DQ(beta)) -> [the node's own output Q clips to [0, 1]].
+        HardSwish: the same Add into an internal tensor quantized on [0, 1], then Mul(DQ(x), DQ(h)).
+        """
+        alpha, beta = r.params
+        px = self.params(self.plan.tensors[x_name])
+        s_c, z_c = self.consts(QParams(float(np.float32(px.scale * alpha)), px.zero_point))
+        shape = getattr(node.inputs[0], "shape", None)
+        t1 = gs.Variable(self.gen(f"{x_name}_times_alpha"), dtype=np.float32, shape=shape)
+        self.node("DequantizeLinear", [self.q_var[x_name], s_c, z_c], [t1], f"{x_name}_DequantizeLinear")
+        b = np.array(beta, np.float32)
+        pb = qparams_u8(min(float(b), 0.0), max(float(b), 0.0))
+        bq = np.array(np.clip(np.round(b / pb.scale) + pb.zero_point, 0, 255), np.uint8)
+        bs_c, bz_c = self.consts(pb)
+        bq_c = gs.Constant(self.gen(f"{node.name}_beta_quantized"), bq)
+        bd = gs.Variable(self.gen(f"{node.name}_beta_dequantized"), dtype=np.float32, shape=[])
+        self.node("DequantizeLinear", [bq_c, bs_c, bz_c], [bd], f"{node.name}_beta_DequantizeLinear")
+        if r.role == "hsig":
+            node.op, node.attrs = "Add", {}
+            node.inputs.clear()
+            node.inputs.extend([t1, bd])
+            return
+        x_dq = node.inputs[0]
+        h_f = gs.Variable(self.gen(f"{node.name}_hardsigmoid"), dtype=np.float32, shape=shape)
+        self.node("Add", [t1, bd], [h_f], f"{node.name}_hardsigmoid_Add")
+        hs_c, hz_c = self.consts(QParams(float(np.float32(1.0 / 255.0)), 0))
+        h_q = gs.Variable(self.gen(f"{node.name}_hardsigmoid_quantized"), dtype=np.uint8, shape=shape)
+        self.node("QuantizeLinear", [h_f, hs_c, hz_c], [h_q], f"{node.name}_hardsigmoid_QuantizeLinear")
+        h = gs.Variable(self.gen(f"{node.name}_hardsigmoid_dequantized"), dtype=np.float32, shape=shape)
+        self.node("DequantizeLinear", [h_q, hs_c, hz_c], [h], f"{node.name}_hardsigmoid_DequantizeLinear")
+        node.op, node.attrs = "Mul", {}
+        node.inputs.clear()
+        node.inputs.extend([x_dq, h])
+        self.stats["hardswish_int8"] += 1
+
     def table(self, node: gs.Node) -> None:
         """Gather(table, ids): the table becomes uint8 behind a DQ, the output a Q/DQ pair with the
         same parameters (onnxruntime then gathers uint8 rows directly)."""
@@ -705,8 +767,11 @@ class _Emitter:
             if r.role == "table":
                 self.table(node)
                 continue
+            in_names = [node.inputs[i].name for i in r.acts]
             scales = [self.use(node, i) for i in r.acts]
-            if r.role == "conv":
+            if r.role in ("hsig", "hswish"):
+                self.hard_sigmoid(node, r, in_names[0])
+            elif r.role == "conv":
                 cout = int(np.asarray(_const(node.inputs[1])).shape[0])
                 self.weight_dq(node, 1, 0, scales[0], 2, cout)
             elif r.role == "matmul":

@@ -255,3 +255,63 @@ def _short(s: dict) -> dict:
         if k in s and s[k] is not None:
             out[k] = round(float(s[k]), 4)
     return out
+
+
+# ----------------------------------------------------------------------------- kernel profiles
+
+#: ops onnxruntime fuses into the kernel of the compute node before them (names follow the last one)
+_FUSED_AFTER = ("Relu", "Clip", "HardSigmoid", "HardSwish", "LeakyRelu", "Sigmoid", "Tanh", "Add", "Mul",
+                "BatchNormalization")
+
+
+def kernel_aliases(graph: gs.Graph, names: Sequence[str]) -> dict[str, str]:
+    """Names onnxruntime may give the kernel of each compute node in ``names`` -> the node's name:
+    the node itself, its output, and the outputs of a chain of single-consumer ops it may absorb."""
+    by_name = {n.name: n for n in graph.nodes}
+    out: dict[str, str] = {}
+    for name in names:
+        node = by_name.get(name)
+        if node is None:
+            continue
+        out.setdefault(name, name)
+        t = node.outputs[0] if node.outputs else None
+        depth = 0
+        while t is not None and depth < 3:
+            out.setdefault(t.name, name)
+            if len(t.outputs) != 1 or t.outputs[0].op not in _FUSED_AFTER or not t.outputs[0].outputs:
+                break
+            t = t.outputs[0].outputs[0]
+            depth += 1
+    return out
+
+
+def profile_candidates(order: Sequence[str], fp32_s: dict[str, float], int8_s: dict[str, float],
+                       base_float: set[str], *, margin_s: float = 2e-6) -> list[tuple[str, set[str]]]:
+    """Selections from per-node kernel times (onnxruntime's profiler, fp32 model vs all-int8 model).
+
+    A node is *slower* in int8 when its int8 kernel takes longer than its float kernel (by more
+    than ``margin_s``): depthwise convs with few or unaligned channels, stems with 3 input channels.
+    Keeping a node float adds Q/DQ (and layout changes) at the region's borders, so besides "every
+    slower node float" two cautious variants are offered: only runs of consecutive slower nodes
+    (``order`` is topological) and only the leading run (the stem). The caller times all of them.
+    """
+    slower = [n for n in order if n in fp32_s and n in int8_s and int8_s[n] > fp32_s[n] + margin_s
+              and n not in base_float]
+    if not slower:
+        return []
+    out: list[tuple[str, set[str]]] = [("kernel-slower", base_float | set(slower))]
+    live = [n for n in order if n not in base_float]
+    runs: list[list[str]] = []
+    for n in live:
+        if n in slower and runs and runs[-1] and live.index(n) - live.index(runs[-1][-1]) == 1:
+            runs[-1].append(n)
+        elif n in slower:
+            runs.append([n])
+    long_runs = {n for r in runs if len(r) >= 2 or (live and r[0] == live[0]) for n in r}
+    if long_runs and long_runs != set(slower):
+        out.append(("kernel-slower-runs", base_float | long_runs))
+    if live and live[0] in slower:
+        lead = set(runs[0])
+        if lead != set(slower) and lead != long_runs:
+            out.append(("kernel-slower-stem", base_float | lead))
+    return out

@@ -5,7 +5,9 @@
   against float compute left and Q/DQ nodes left unfused.
 - :func:`interleaved_latency` times several models in the same process, round-robin with the order
   reversed every round, and returns medians (single timings on a shared machine mean nothing).
-- :func:`node_times` reads onnxruntime's profiler to get per-node kernel times.
+- :func:`node_times` reads onnxruntime's profiler to get per-node kernel times;
+  :func:`compute_kernel_times` maps them back to the compute nodes of the graph that was given to
+  onnxruntime (fused, NCHWc and NHWC kernels carry derived names).
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ def interleaved_latency(models: Sequence[onnx.ModelProto | str], feeds: Sequence
     return [float(np.median(t)) for t in times]
 
 
-def node_times(model: onnx.ModelProto, feed: Feed, *, runs: int = 10, threads: int = 1) -> dict[str, tuple[str, float]]:
-    """Per-node mean kernel time (seconds) from onnxruntime's profiler: node name -> (op type, time)."""
+def node_times(model: onnx.ModelProto, feed: Feed, *, runs: int = 10, threads: int = 1,
+               median: bool = False) -> dict[str, tuple[str, float]]:
+    """Per-node kernel time (seconds; mean, or median with ``median``) from onnxruntime's profiler:
+    node name -> (op type, time)."""
     s = session(model, threads=threads, profile=True)
     names = [i.name for i in s.get_inputs()]
     f = {k: feed[k] for k in names}
@@ -143,8 +147,37 @@ def node_times(model: onnx.ModelProto, feed: Feed, *, runs: int = 10, threads: i
             continue
         name = e["name"][: -len("_kernel_time")]
         op = e.get("args", {}).get("op_name", "?")
-        entry = acc.setdefault(name, [op, 0.0, 0])
-        entry[1] += e["dur"] * 1e-6
-        entry[2] += 1
-    # the first run is warm-up: scale by runs / (runs + 1)
-    return {k: (v[0], v[1] / max(v[2], 1)) for k, v in acc.items()}
+        entry = acc.setdefault(name, [op, []])
+        entry[1].append(e["dur"] * 1e-6)
+    if median:
+        return {k: (v[0], float(np.median(v[1][1:] or v[1]))) for k, v in acc.items()}
+    return {k: (v[0], float(np.mean(v[1]))) for k, v in acc.items()}
+
+
+def _ort_base_name(name: str) -> str:
+    """The graph name behind an onnxruntime node name (``X_token_12``, ``X_nchwc``, ``X/duplicated``)."""
+    for suffix in ("_nchwc",):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    head, sep, tail = name.rpartition("_token_")
+    if sep and tail.isdigit():
+        name = head
+    return name
+
+
+def compute_kernel_times(model: onnx.ModelProto, feed: Feed, aliases: dict[str, str], *, runs: int = 20,
+                         threads: int = 1) -> dict[str, float]:
+    """Median kernel seconds per compute node of ``model``, keyed by the names in ``aliases``.
+
+    ``aliases`` maps names onnxruntime may give a kernel (the node's name, its output tensor, the
+    output of an activation it absorbed) to the compute node's name. Kernels whose name matches no
+    alias are ignored (they are not compute, or onnxruntime renamed them beyond recognition).
+    """
+    out: dict[str, float] = {}
+    for name, (op, sec) in node_times(model, feed, runs=runs, threads=threads, median=True).items():
+        if op in QDQ_OPS:
+            continue
+        key = aliases.get(name) or aliases.get(_ort_base_name(name))
+        if key is not None and (op in INT8_KERNELS or op in FLOAT_COMPUTE):
+            out[key] = out.get(key, 0.0) + sec
+    return out

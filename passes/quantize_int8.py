@@ -58,8 +58,17 @@ from .quant_graph import (
 )
 from .quant_prep import prepare
 from .quant_select import Budget as MPBudget
-from .quant_select import Candidate, choose_fastest, mixed_precision, node_costs, speed_candidates, tensor_shapes
-from .quant_speed import interleaved_latency, kernel_counts
+from .quant_select import (
+    Candidate,
+    choose_fastest,
+    kernel_aliases,
+    mixed_precision,
+    node_costs,
+    profile_candidates,
+    speed_candidates,
+    tensor_shapes,
+)
+from .quant_speed import compute_kernel_times, interleaved_latency, kernel_counts
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +339,20 @@ class QuantizeInt8(Pass):
         shapes = tensor_shapes(prepared, names, held[0]) if held else {}
         costs = node_costs(graph, plan0, shapes)
         total_macs = sum(c.macs for c in costs.values())
+        by_name = {n.name: n for n in graph.nodes}
+
+        def no_spatial_work(name: str) -> bool:
+            # a conv writing a 1x1 map (squeeze-excite, heads after global pooling) or a Gemm/MatMul;
+            # small convs inside the feature trunk stay int8: a float island there costs more than it saves
+            node = by_name.get(name)
+            if node is None or node.op != "Conv":
+                return True
+            ys = shapes.get(node.outputs[0].name)
+            return ys is None or int(np.prod(ys[2:])) <= 1
+
         tiny = {n for n, c in costs.items()
-                if c.macs < self.min_macs and c.macs < 0.02 * total_macs and n not in float_nodes}
+                if c.macs < self.min_macs and c.macs < 0.02 * total_macs and n not in float_nodes
+                and no_spatial_work(n)}
         if tiny:
             # tiny compute (squeeze-excite convs on 1x1 maps, classifier heads): no speed to gain,
             # and their few-channel, mostly-idle activations quantize badly
@@ -347,6 +368,25 @@ class QuantizeInt8(Pass):
             for label, fl in speed_candidates(live, set(float_nodes)):
                 model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
                 cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
+            if cands and timing_feeds:
+                # per-node kernel times, float model vs all-int8 model: where int8 kernels lose
+                order = [n for n in costs if n in live]
+                aliases = kernel_aliases(graph, order)
+                try:
+                    f_s = compute_kernel_times(prepared, timing_feeds[0], aliases, threads=self.threads)
+                    q_s = compute_kernel_times(cands[0].model, timing_feeds[0], aliases, threads=self.threads)
+                except Exception as exc:  # profiling is an aid, never a reason to fail
+                    log.debug("kernel profiling failed: %s", exc)
+                    f_s, q_s = {}, {}
+                stats["kernel_profile"] = {n: {"fp32_us": round(f_s[n] * 1e6, 1), "int8_us": round(q_s[n] * 1e6, 1)}
+                                           for n in order if n in f_s and n in q_s}
+                seen = {frozenset(c.float_nodes) for c in cands}
+                for label, fl in profile_candidates(order, f_s, q_s, set(float_nodes)):
+                    if frozenset(fl) in seen:
+                        continue
+                    seen.add(frozenset(fl))
+                    model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
+                    cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
             decision = choose_fastest(prepared, cands, timing_feeds, threads=self.threads, margin=SPEED_MARGIN)
             stats["speed_guard"] = decision.stats()
             if decision.chosen is None:

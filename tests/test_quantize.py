@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fixtures
 import onnxopt
-from onnxopt.activations import TensorStats, collect_stats
+from onnxopt.activations import TensorStats, collect_stats, with_outputs
 from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.model import to_graph, to_model
 from onnxopt.passes.quant_calib import compute_range, qparams_u8, quantize_weight, weight_scales
@@ -142,6 +142,79 @@ def test_clip_absorbed_and_mul_folded_into_scale(tmp_path):
     kc = kernel_counts(q)
     assert kc["int8_kernels"]["QLinearConv"] == 2 and kc["int8_kernels"].get("NhwcMaxPool", 0) == 1, kc
     assert _fidelity(model, q, model)["min_sqnr_db"] > 25
+
+
+def _hardswish_se_model() -> onnx.ModelProto:
+    """conv -> HardSwish -> conv -> squeeze-excite (GAP, 1x1 convs, HardSigmoid, Mul) -> conv."""
+    rng = np.random.default_rng(1)
+
+    def w(name, *shape, s=0.3):
+        return numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), name)
+
+    inits = [w("w1", 16, 3, 3, 3), w("w2", 16, 16, 3, 3), w("se1", 4, 16, 1, 1), w("se2", 16, 4, 1, 1),
+             w("w3", 16, 16, 1, 1), w("b1", 16, s=0.5)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("HardSwish", ["c1"], ["h1"], name="hswish1"),
+        helper.make_node("Conv", ["h1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+        helper.make_node("Conv", ["g", "se1"], ["s1"], name="se_conv1"),
+        helper.make_node("Relu", ["s1"], ["s1r"], name="se_relu"),
+        helper.make_node("Conv", ["s1r", "se2"], ["s2"], name="se_conv2"),
+        helper.make_node("HardSigmoid", ["s2"], ["hs"], alpha=1.0 / 6, beta=0.5, name="hsig"),
+        helper.make_node("Mul", ["c2", "hs"], ["m"], name="se_mul"),
+        helper.make_node("Conv", ["m", "w3"], ["y"], name="conv3"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_hardswish_hardsigmoid_and_global_pool_run_int8(tmp_path):
+    # HardSwish between two int8 convs becomes QLinearAdd + QLinearMul (no float island), the
+    # global pool of an int8 tensor runs QLinearGlobalAveragePool even though float SE convs read it
+    model = _hardswish_se_model()
+    q, entry = _quantize(model, tmp_path, min_macs=2**12)
+    onnx.checker.check_model(q, full_check=True)
+    assert entry.stats["emitted"].get("hardswish_int8") == 1
+    assert not [n for n in q.graph.node if n.op_type == "HardSwish"]
+    kc = kernel_counts(q)
+    assert kc["int8_kernels"].get("QLinearConv", 0) == 3, kc  # the SE convs are tiny: float
+    assert kc["int8_kernels"].get("QLinearGlobalAveragePool", 0) == 1, kc
+    assert kc["int8_kernels"].get("QLinearMul", 0) >= 2 and kc["int8_kernels"].get("QLinearAdd", 0) >= 1, kc
+    assert kc["other_ops"].get("HardSwish", 0) == 0, kc
+    s = _fidelity(model, q, model)
+    assert s["min_sqnr_db"] > 25 and s["min_cosine"] > 0.995, s
+
+
+def test_hardsigmoid_clip_is_the_output_q_saturation(tmp_path):
+    # with every conv int8 the SE HardSigmoid becomes DQ(x, s / 6) -> QLinearAdd(0.5): its clip to
+    # [0, 1] is the output Q's saturation, so inputs far beyond the calibrated range still clip
+    model = _hardswish_se_model()
+    q, _ = _quantize(model, tmp_path, min_macs=0)
+    assert not [n for n in q.graph.node if n.op_type in ("HardSwish", "HardSigmoid")]
+    hs = OrtRunner(with_outputs(model, ["hs"]))
+    hq = OrtRunner(with_outputs(q, ["hs"]))
+    for scale in (1.0, 20.0):
+        feed = {"x": (fixtures.random_feeds(model, seed=7)["x"] * scale).astype(np.float32)}
+        a, b = hs.run(feed)["hs"], hq.run(feed)["hs"]
+        assert b.min() >= 0.0 and b.max() <= 1.0 + 1e-6
+        if scale == 1.0:
+            assert np.abs(a - b).max() < 0.05, np.abs(a - b).max()
+
+
+def test_profile_candidates_keep_slow_int8_kernels_float():
+    from onnxopt.passes.quant_select import profile_candidates
+
+    order = ["stem", "dw1", "pw1", "dw2", "pw2", "dw3", "dw4", "pw3"]
+    fp32 = dict.fromkeys(order, 10e-6)
+    int8 = {"stem": 30e-6, "dw1": 20e-6, "pw1": 4e-6, "dw2": 15e-6, "pw2": 4e-6, "dw3": 14e-6, "dw4": 14e-6,
+            "pw3": 4e-6}
+    cands = dict(profile_candidates(order, fp32, int8, set()))
+    assert cands["kernel-slower"] == {"stem", "dw1", "dw2", "dw3", "dw4"}
+    assert cands["kernel-slower-runs"] == {"stem", "dw1", "dw3", "dw4"}  # the lone dw2 would be an island
+    assert cands["kernel-slower-stem"] == {"stem", "dw1"}
+    assert profile_candidates(order, fp32, dict.fromkeys(order, 5e-6), set()) == []
 
 
 def test_transformer_block_matmuls_and_gemms(tmp_path):
