@@ -5,7 +5,7 @@ Layout (all integers little-endian)::
     magic      b"ONNXOPTPK"                      9 bytes
     version    u8                                FORMAT_VERSION
     header     struct HEADER (see below)         fixed size, ends with a CRC32 of everything before it
-    skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib or LZMA)
+    skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib, LZMA or brotli)
     index      compressed list of tensor records with their coder tables (see pack.py)
     payloads   the per-tensor bulk bytes, concatenated in record order (see codecs.py)
     rANS words u16 words of every rANS stream, in the batch decoder's read order (see lanes.py)
@@ -37,6 +37,7 @@ PREFIX_SIZE = len(MAGIC) + 1 + HEADER.size + HEADER_CRC.size
 
 SKELETON_ZLIB = 1
 SKELETON_LZMA = 2
+SKELETON_BROTLI = 3
 
 
 class CorruptPackError(ValueError):
@@ -226,7 +227,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     )
     if head.flags != 0:
         raise CorruptPackError(f"unknown header flags {head.flags:#x}")
-    if {head.section_codecs & 15, head.section_codecs >> 4} - {SKELETON_ZLIB, SKELETON_LZMA}:
+    if {head.section_codecs & 15, head.section_codecs >> 4} - {SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI}:
         raise CorruptPackError(f"unknown skeleton/index codec {head.section_codecs:#x}")
     if head.records > limits.max_records:
         raise CorruptPackError(f"header declares {head.records} tensor records (limit {limits.max_records})")

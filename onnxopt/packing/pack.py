@@ -37,6 +37,7 @@ from onnxopt.packing.codecs import (
     Coded,
     PackOptions,
     Parsed,
+    _brotli,
     assemble,
     choose,
     fill_planes,
@@ -47,6 +48,7 @@ from onnxopt.packing.entropy import entropy_bits
 from onnxopt.packing.format import (
     LIMITS,
     PREFIX_SIZE,
+    SKELETON_BROTLI,
     SKELETON_LZMA,
     SKELETON_ZLIB,
     CorruptPackError,
@@ -272,10 +274,14 @@ def pack_model(
 
 
 def _deflate_best(data: bytes) -> tuple[int, bytes]:
-    """The smaller of zlib-9 and LZMA for a metadata section."""
-    by_zlib = zlib.compress(data, 9)
-    by_lzma = lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)
-    return (SKELETON_LZMA, by_lzma) if len(by_lzma) < len(by_zlib) else (SKELETON_ZLIB, by_zlib)
+    """The smallest of zlib-9, LZMA and brotli-11 for a metadata section."""
+    options = [
+        (SKELETON_ZLIB, zlib.compress(data, 9)),
+        (SKELETON_LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
+    ]
+    if _brotli is not None:
+        options.append((SKELETON_BROTLI, _brotli.compress(data, quality=11)))
+    return min(options, key=lambda o: len(o[1]))
 
 
 def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw: bytes) -> None:
@@ -317,6 +323,12 @@ def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
             if not inflater.eof:
                 out += inflater.decompress(inflater.unconsumed_tail, 1)
             ok = inflater.eof and not inflater.unused_data
+        elif codec == SKELETON_BROTLI:
+            if _brotli is None:
+                raise CorruptPackError(f"{what} is brotli-coded, but the brotli package is not installed")
+            inflater = _brotli.Decompressor()
+            out = inflater.process(bytes(packed), output_buffer_limit=raw_len + 1)
+            ok = inflater.is_finished()
         else:
             lz = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
             out = lz.decompress(packed, raw_len)
@@ -324,6 +336,10 @@ def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
                 out += lz.decompress(b"", 1)
             ok = lz.eof and not lz.unused_data
     except (zlib.error, lzma.LZMAError) as exc:
+        raise CorruptPackError(f"{what} is corrupt ({exc})") from None
+    except Exception as exc:  # brotli.error (the module may be missing, so it cannot be named here)
+        if _brotli is None or not isinstance(exc, _brotli.error):
+            raise
         raise CorruptPackError(f"{what} is corrupt ({exc})") from None
     if not ok or len(out) != raw_len:
         raise CorruptPackError(f"{what} does not decompress to the declared {raw_len} bytes")
