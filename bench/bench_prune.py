@@ -238,6 +238,7 @@ def bench_one(label: str, model: onnx.ModelProto, cal: list[dict], ev: list[dict
     measured = 1.0 / alone
     row.update(
         macs_ratio=flops, params_ratio=st["params_ratio"], latency_ratio=lat_ratio, latency_alone=alone,
+        channels_ratio=st["channels_after"] / max(st["channels_before"], 1),
         prelu_ratio=ratios.get("orig_prelu"),
         ms_orig=lat["orig"] * 1e3, ms_pruned=lat["pruned"] * 1e3, ideal_speedup=ideal, speedup=measured,
         speedup_of_ideal=measured / ideal,
@@ -304,18 +305,20 @@ def _fmt(v: object, nd: int = 2) -> str:
 def table(rows: list[dict]) -> str:
     from common import markdown_table
 
-    headers = ["model", "data", "groups pruned/total", "MACs x", "params x", "latency x", "latency x pruning alone",
+    headers = ["model", "data", "groups pruned/total", "channels x", "MACs x", "params x", "latency x",
+               "latency x pruning alone",
                "ms orig->pruned",
                "speedup ideal", "speedup measured", "measured/ideal", "latency cut/MACs cut", "SQNR at",
                "SQNR dB plain", "SQNR dB recon", "top-1 plain", "top-1 recon", "blocked groups (why)"]
     out = []
     for r in rows:
         if not r.get("modified"):
-            out.append([r["model"], r["data"], r["groups"], "1", "1"] + ["-"] * 12 + [r["blocked"]])
+            out.append([r["model"], r["data"], r["groups"], "1", "1", "1"] + ["-"] * 12 + [r["blocked"]])
             continue
         recon = _fmt(r["sqnr_recon"], 1) + ("" if r["recon_kept"] in (True, None) else " (reverted)")
         out.append([
-            r["model"], r["data"], r["groups"], _fmt(r["macs_ratio"]), _fmt(r["params_ratio"]),
+            r["model"], r["data"], r["groups"], _fmt(r.get("channels_ratio")), _fmt(r["macs_ratio"]),
+            _fmt(r["params_ratio"]),
             _fmt(r["latency_ratio"]), _fmt(r.get("latency_alone", r["latency_ratio"])),
             f"{r['ms_orig']:.2f}->{r['ms_pruned']:.2f}", _fmt(r["ideal_speedup"]),
             _fmt(r["speedup"]), _fmt(r["speedup_of_ideal"]), _fmt(r.get("cut_of_ideal")), r.get("fid_at", "outputs"),
