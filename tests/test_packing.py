@@ -516,6 +516,31 @@ def test_row_groups_beat_one_table_on_channel_scaled_weights():
         assert unpack_model(pack_model(model).data).SerializeToString() == model.SerializeToString()
 
 
+def test_row_groups_with_one_lz_payload():
+    """Rows that repeat (up to sign) once grouped, like an STFT basis: an LZ coder over the rows in
+    group order finds them; flag 2 of GROUPS stores that payload, bit-exactly."""
+    rng = np.random.default_rng(8)
+    t = np.arange(256)
+    basis = np.stack([np.cos(2 * np.pi * f * t / 256) * (1 + f % 7) for f in range(129)])
+    rows = np.concatenate([basis, -basis[::-1]])[rng.permutation(258)]
+    w = np.round(rows / np.abs(rows).max() * 127).astype(np.int8).T.copy()  # [time, freq]: groups of columns
+    data = w.tobytes()
+    coded = choose(data, 1, PackOptions(), shape=w.shape)
+    assert coded.codec is Codec.GROUPS and ":" in coded.label, coded.label
+    assert coded.size < 0.75 * choose(data, 1, PackOptions.from_codecs(["rans", "huffman", "brotli"])).size
+    assert decode_alone(coded, len(data), LIMITS) == data
+    model = _model([numpy_helper.from_array(w, "basis")])
+    assert unpack_model(pack_model(model).data).SerializeToString() == model.SerializeToString()
+    r = Reader(coded.meta, "meta")
+    r.u8(), r.u8()
+    rows = len(data) // r.uvarint()
+    ids_end = r.pos + 1 + group_ids.ids_bytes(rows, r.u8())
+    for inner in (Codec.GROUPS, Codec.BUNDLE, Codec.REF, 99):
+        bad = Coded(Codec.GROUPS, coded.meta[:ids_end] + bytes([inner]) + coded.meta[ids_end + 1 :], coded.bulk)
+        with pytest.raises(CorruptPackError):
+            decode_alone(bad, len(data), LIMITS)
+
+
 def test_brotli_codec_and_hostile_streams():
     import brotli
 
@@ -546,7 +571,7 @@ def test_row_groups_hostile_metadata():
     cases = {
         "group id out of range": lambda m: m[: head - 1] + bytes([3]) + m[head:],  # ids hold 0..3, K=3
         "empty row group": lambda m: m[:head] + bytes([0] * 4) + m[head + 4 :],  # every row in group 0
-        "malformed row groups": lambda m: m[:1] + bytes([2]) + m[2:],  # unknown flag
+        "malformed row groups": lambda m: m[:1] + bytes([4]) + m[2:],  # unknown flag
         "row groups leave": lambda m: m,
     }
     for message, tamper in cases.items():

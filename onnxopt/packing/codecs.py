@@ -22,7 +22,9 @@ inside the compressed index, where similar tables of many tensors compress toget
             id of each of the ``raw_len // R`` rows (groups.pack_ids), then per group: uvarint meta
             length, that group's PLANES meta, uvarint bulk length / the groups' PLANES bulks: rows
             (output channels, or fixed-size chunks) sorted by group, each group coded with its own
-            tables; bytes after the last whole row end the last group (see groups.py)
+            tables; bytes after the last whole row end the last group (see groups.py). Flag 2: the
+            ids are followed by u8 codec + meta of one plain payload (zlib, LZMA, brotli, ...) /
+            its bulk, holding all rows in group order (similar rows side by side help LZ coders)
 
 Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
@@ -37,6 +39,7 @@ tried on a sample first, and LZMA only where zlib came close.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import lzma
 import math
@@ -303,10 +306,33 @@ def _try_groups(
         ids, saved = groups.plan(groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed), itemsize)
         if ids is not None and (plan is None or saved > plan[0]):
             plan = (saved, row_bytes, transposed, ids)
-    if plan is None or plan[0] < max(16.0, options.group_min_gain * best.size):
+    if plan is None:
         return best
-    coded = code_groups(arr, itemsize, plan[1], plan[2], plan[3], options)
-    return coded if coded.size < best.size else best
+    saved, row_bytes, transposed, ids = plan
+    if saved >= max(16.0, options.group_min_gain * best.size):
+        coded = code_groups(arr, itemsize, row_bytes, transposed, ids, options)
+        if coded.size < best.size:
+            best = coded
+    # the same rows in group order as one LZ payload: similar rows side by side help LZ and brotli
+    lz = options.codecs & {"zlib", "lzma", "brotli"}
+    if lz:
+        rows = arr.size // row_bytes
+        view = groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed)
+        permuted = np.concatenate([view[np.argsort(ids, kind="stable")].reshape(-1), arr[rows * row_bytes :]])
+        inner = choose(permuted.tobytes(), itemsize, dataclasses.replace(options, codecs=frozenset(lz)))
+        if inner.codec is not Codec.RAW:
+            k = int(ids.max()) + 1
+            meta = bytearray([itemsize, int(transposed) | 2])
+            write_uvarint(meta, row_bytes)
+            meta.append(k)
+            meta += groups.pack_ids(ids, k)
+            meta.append(inner.codec)
+            meta += inner.meta
+            coded = Coded(Codec.GROUPS, bytes(meta), inner.bulk, inner.rans, inner.huffman)
+            coded.label = f"groups[{k}{'T' if transposed else ''}x{row_bytes // itemsize}]:{inner.label}"
+            if coded.size < best.size:
+                best = coded
+    return best
 
 
 def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int] | None = None) -> Coded:
@@ -481,11 +507,11 @@ def _parse_groups(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
     itemsize = r.u8()
     flags = r.u8()
     row_bytes = r.uvarint(raw_len, "row size")
-    if itemsize < 1 or flags > 1 or row_bytes < itemsize or row_bytes % itemsize or raw_len % itemsize:
+    if itemsize < 1 or flags > 3 or row_bytes < itemsize or row_bytes % itemsize or raw_len % itemsize:
         raise CorruptPackError(f"{what}: malformed row groups")
     rows = raw_len // row_bytes
     k = r.u8()
-    if rows < 2 or (flags and rows * row_bytes != raw_len) or not 2 <= k <= min(groups.MAX_GROUPS, rows):
+    if rows < 2 or (flags & 1 and rows * row_bytes != raw_len) or not 2 <= k <= min(groups.MAX_GROUPS, rows):
         raise CorruptPackError(f"{what}: malformed row groups")
     ids = groups.unpack_ids(r.take(groups.ids_bytes(rows, k)), rows, k)
     if int(ids.max()) >= k:
@@ -493,7 +519,16 @@ def _parse_groups(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
     counts = np.bincount(ids, minlength=k)
     if not counts.all():
         raise CorruptPackError(f"{what}: empty row group")
-    parsed = Parsed(itemsize=itemsize, group_ids=ids, row_bytes=row_bytes, transposed=bool(flags))
+    parsed = Parsed(itemsize=itemsize, group_ids=ids, row_bytes=row_bytes, transposed=bool(flags & 1))
+    if flags & 2:  # one payload of any plain codec holds the rows in group order
+        inner = r.u8()
+        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.GROUPS):
+            raise CorruptPackError(f"{what}: malformed row groups")
+        sub = parse_payload(inner, r.take(r.remaining), bulk, raw_len, what, limits)
+        parsed.rans, parsed.huffman = sub.rans, sub.huffman
+        parsed.segments.append((0, raw_len, sub))
+        parsed.extent = 0 if sub.data is not None else sub.extent
+        return parsed
     pos = base = 0
     for g in range(k):
         sub_meta = r.take(r.uvarint(r.remaining, "group metadata size"))
@@ -561,7 +596,10 @@ def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
 def fill_planes(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
     """Write a PLANES region's RAW and CONST planes (the lockstep coders write the others)."""
     for offset, part, sub in parsed.segments:
-        fill_planes(sub, out, base + offset, part)
+        if sub.data is None:
+            fill_planes(sub, out, base + offset, part)
+    if not parsed.fills:
+        return
     grid = out[base : base + size].reshape(-1, parsed.itemsize)
     for plane, first, fill in parsed.fills:
         if isinstance(fill, int):
@@ -594,7 +632,11 @@ def assemble(parsed: Parsed, out: np.ndarray, base: int, size: int) -> bytes:
         return parsed.data
     if not parsed.segments:
         return out[base : base + size].tobytes()
-    permuted = np.concatenate([out[base + offset : base + offset + part] for offset, part, _ in parsed.segments])
+    parts = []
+    for offset, part, sub in parsed.segments:
+        start = base + offset
+        parts.append(np.frombuffer(sub.data, dtype=np.uint8) if sub.data is not None else out[start : start + part])
+    permuted = np.concatenate(parts)
     rows = size // parsed.row_bytes
     whole = rows * parsed.row_bytes
     body = groups.ungroup(
@@ -607,7 +649,8 @@ def place_carries(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None
     """Write the bytes the rANS lanes carried (pool bytes or their own last symbols) where they belong."""
     if parsed.segments:
         for offset, part, sub in parsed.segments:
-            place_carries(sub, out, base + offset, part)
+            if sub.data is None:
+                place_carries(sub, out, base + offset, part)
         return
     n = size // parsed.itemsize
     planes = np.array(parsed.pool_planes, dtype=np.int64)
