@@ -3,10 +3,15 @@
     python bench/bench_prune.py --models /work/models [--ratio 0.3] [--repeat 30] [--only NAME,...]
 
 For every model: prune at ``--ratio`` with and without least-squares reconstruction, then report
-MACs ratio, parameter ratio, onnxruntime latency ratio (original and pruned timed interleaved in
-one process, medians of ``--repeat`` rounds), the speedup the MACs cut implies next to the measured
-one, fidelity (SQNR vs the unpruned model) with and without reconstruction, and which groups were
-blocked and why. Prints a markdown table and the command that reproduces it.
+channel, MACs and parameter ratios, onnxruntime latency ratio (original and pruned timed interleaved
+in one process, medians of ``--repeat`` rounds, 1 thread), the speedup the MACs cut implies next to
+the measured one, fidelity (SQNR vs the unpruned model) with and without reconstruction, and which
+groups were blocked and why. Prints a markdown table and the command that reproduces it.
+
+The pass also respells Conv -> PRelu for onnxruntime's NCHWc layout (exact, not pruning): when it did,
+the original with the same rewrite is timed too, and "latency x pruning alone" and measured/ideal are
+against that, so the speedup credited to pruning is pruning's; "latency x" is the pass's output
+against the untouched original.
 
 Real models get real inputs from ``bench/real_data.py`` (``real_feeds(model_path, count, seed)``)
 when that module exists, seeded synthetic inputs otherwise; the onnx-bundled architectures

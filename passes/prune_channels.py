@@ -84,7 +84,7 @@ SYNTHETIC_SAMPLES = 8
 
 
 class PruneChannels(Pass):
-    """Structured channel pruning with dependency groups, importance ranking and least-squares refit.
+    """Structured channel pruning, sensitivity-aware amounts, least-squares refit; budget cosine 0.95, 10 dB.
 
     Options:
       ratio: fraction of channels removed from every prunable group (0 <= ratio < 1).
