@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxopt.data import Feed
+from onnxopt.model import output_value_infos
 from onnxopt.progress import Progress
 from onnxopt.validate import OrtRunner
 
@@ -89,25 +89,13 @@ class TensorStats:
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """Copy of ``model`` that also outputs the named intermediate tensors (types from shape inference)."""
+    """Copy of ``model`` that also outputs the named intermediate tensors (types from shape inference).
+
+    For onnxruntime, prefer ``OrtRunner(model, extra_outputs=names)``: it never copies the weights.
+    """
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-        types = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    except Exception:
-        types = {}
-    for name in names:
-        if name in existing:
-            continue
-        vi = onnx.ValueInfoProto(name=name)
-        if name in types and types[name].tensor_type.elem_type:
-            elem = types[name].tensor_type.elem_type
-        else:
-            elem = onnx.TensorProto.FLOAT
-        vi.type.CopyFrom(helper.make_tensor_type_proto(elem, None))
-        m.graph.output.append(vi)
+    m.graph.output.extend(output_value_infos(model, names))
     return m
 
 
@@ -117,7 +105,7 @@ def stream_activations(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield, for each feed in turn, the values of the named tensors (graph inputs included)."""
     input_names = {i.name for i in model.graph.input}
-    runner = OrtRunner(with_outputs(model, [n for n in names if n not in input_names]))
+    runner = OrtRunner(model, extra_outputs=[n for n in names if n not in input_names])
     try:
         with Progress(total or 0, desc) as bar:
             for feed in feeds:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -602,6 +602,23 @@ def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 types.setdefault(vi.name, vi.type)
     return types
+
+
+def output_value_infos(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.ValueInfoProto]:
+    """Graph-output entries that expose the named intermediate tensors (element types from shape
+    inference on the weight-less structure, float when unknown; shapes left open)."""
+    existing = {o.name for o in model.graph.output}
+    wanted = [n for n in dict.fromkeys(names) if n not in existing]
+    if not wanted:
+        return []
+    types = infer_types(model)
+    infos = []
+    for name in wanted:
+        elem = types[name].tensor_type.elem_type if name in types else onnx.TensorProto.FLOAT
+        vi = onnx.ValueInfoProto(name=name)
+        vi.type.CopyFrom(helper.make_tensor_type_proto(elem or onnx.TensorProto.FLOAT, None))
+        infos.append(vi)
+    return infos
 
 
 def gs_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:

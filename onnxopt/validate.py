@@ -31,10 +31,12 @@ LARGE_MODEL_BYTES = 256 << 20
 class OrtRunner:
     """An onnxruntime CPU session for one model (temp file with external data past 2 GB)."""
 
-    def __init__(self, model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True):
+    def __init__(self, model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True,
+                 extra_outputs: Sequence[str] = ()):
+        """``extra_outputs``: intermediate tensors to return as well (the model is not copied for it)."""
         import onnxruntime as ort
 
-        from onnxopt.model import needs_external_data, save, weight_bytes
+        from onnxopt.model import needs_external_data, output_value_infos, save, weight_bytes
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # errors surface as exceptions we report; no C++ log noise
@@ -42,17 +44,28 @@ class OrtRunner:
             opts.intra_op_num_threads = threads
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        infos = output_value_infos(model, extra_outputs) if extra_outputs else []
         large = weight_bytes(model) > LARGE_MODEL_BYTES
         if large:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         self._tmpdir = None
         if large or needs_external_data(model):
+            # weights to a data file onnxruntime maps; the graph file alone is edited for extra outputs
             self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
             path = Path(self._tmpdir.name) / "model.onnx"
             save(model, path, external_data=True)
+            if infos:
+                graph_only = onnx.load(str(path), load_external_data=False)
+                graph_only.graph.output.extend(infos)
+                path.write_bytes(graph_only.SerializeToString())
             source: str | bytes = str(path)
         else:
-            source = model.SerializeToString()
+            n = len(model.graph.output)
+            model.graph.output.extend(infos)  # borrowed for serialization, then put back
+            try:
+                source = model.SerializeToString()
+            finally:
+                del model.graph.output[n:]
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
