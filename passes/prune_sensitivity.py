@@ -31,6 +31,11 @@ from .prune_importance import Selector, analytic_macs
 SENS_SAMPLES = 4
 #: a group never loses more than this fraction of its channels (2 x the ratio, capped here)
 MAX_GROUP_CUT = 0.75
+#: measured kept counts per group, around the uniform one (wide groups: a coarser curve)
+MAX_LEVELS = 5
+#: wall-time budget for the measurements (estimated from the reference runs): beyond it the curves
+#: get fewer samples, then fewer levels, then the uniform ratio is used
+SENS_SECONDS = 60.0
 
 
 class _Probe:
@@ -68,7 +73,18 @@ class _Probe:
         outs = self.session.get_outputs()
         self.names = [o.name for o in outs if "float" in o.type]
         self.feeds = feeds
+        import time
+
+        if feeds:
+            self.session.run(self.names, feeds[0])  # warm-up: first-run allocations are not the cost
+        t0 = time.perf_counter()
         self.ref = [self.session.run(self.names, f) for f in feeds]
+        self.seconds_per_sample = (time.perf_counter() - t0) / max(len(feeds), 1)
+        self.power = [max(float(np.mean([np.mean(np.square(r[i], dtype=np.float64)) for r in self.ref])), 1e-30)
+                      for i in range(len(self.names))]
+
+    def keep_samples(self, n: int) -> None:
+        self.feeds, self.ref = self.feeds[:n], self.ref[:n]
         self.power = [max(float(np.mean([np.mean(np.square(r[i], dtype=np.float64)) for r in self.ref])), 1e-30)
                       for i in range(len(self.names))]
 
@@ -123,16 +139,37 @@ def sensitivity_keeps(analysis: ChannelAnalysis, selector: Selector, model: onnx
             continue
         step = max(selector.round_to, 1)
         low = max(selector.floor(n), math.ceil(n * (1.0 - min(MAX_GROUP_CUT, 2.0 * ratio))), 1)
-        ks = sorted({k for k in range(step, n, step) if k >= low} | {n}, reverse=True)
-        if k_uni not in ks:
-            ks = sorted(set(ks) | {k_uni}, reverse=True)
+        ks = sorted({k for k in range(step, n, step) if k >= low} | {n, k_uni}, reverse=True)
+        if len(ks) > MAX_LEVELS:  # the uniform count, its neighbours, evenly thinned beyond them
+            i = ks.index(k_uni)
+            near = set(ks[max(i - 1, 0): i + 2])
+            rest = [k for k in ks[1:] if k not in near]
+            keep_n = max(MAX_LEVELS - 1 - len(near), 0)
+            pick = {rest[round(j * (len(rest) - 1) / max(keep_n - 1, 1))] for j in range(keep_n)} if rest else set()
+            ks = sorted({n} | near | pick, reverse=True)
         if len(ks) < 2:
             continue
         order[gid] = classes[np.argsort(-selector.scores[classes], kind="stable")]
+        levels[gid] = ks
+    # fit the measurements into the time budget: fewer samples, then only the uniform count's neighbours
+    evals = sum(len(v) - 1 for v in levels.values())
+    per_eval = probe.seconds_per_sample * 1.5  # fed weights defeat some of onnxruntime's prepacking
+    while evals * per_eval * len(probe.feeds) > SENS_SECONDS and len(probe.feeds) > 1:
+        probe.keep_samples(max(len(probe.feeds) // 2, 1))
+    if evals * per_eval * len(probe.feeds) > SENS_SECONDS:
+        for gid, ks in levels.items():
+            i = ks.index(keep_uniform[gid])
+            levels[gid] = sorted({ks[0]} | set(ks[max(i - 1, 0): i + 2]), reverse=True)
+        evals = sum(len(v) - 1 for v in levels.values())
+    if evals * per_eval * len(probe.feeds) > SENS_SECONDS:
+        return keep_uniform, {"note": f"measuring {evals} cuts would take about "
+                                      f"{evals * per_eval * len(probe.feeds):.0f} s: uniform ratio",
+                              "samples": len(probe.feeds)}
+    for gid, ks in levels.items():
         curve = [0.0]
         for k in ks[1:]:
             curve.append(max(curve[-1], probe.damage(_zeroed(probe, touch, roots, order[gid][k:]))))
-        levels[gid], curves[gid] = ks, curve
+        curves[gid] = curve
 
     # greedy: cheapest damage per MAC saved until the uniform MACs are reached
     keep = {gid: (levels[gid][0] if gid in levels else k) for gid, k in keep_uniform.items()}
