@@ -740,9 +740,6 @@ def _records(data: bytes) -> list[tuple[int, int]]:
         kind = r.u8()
         if kind == 0:
             continue
-        r.uvarint()
-        for _ in range(r.uvarint()):
-            r.uvarint()
         r.u8()
         codec_at = r.pos
         r.u8()

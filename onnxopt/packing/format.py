@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"ONNXOPTPK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index records without data type and shape (the skeleton's)
 
 #: flags u8, records u32, skeleton (u8 codecs: skeleton | index << 4, raw u64, packed u64, crc u32),
 #: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64

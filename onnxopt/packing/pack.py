@@ -3,7 +3,6 @@
 The index (compressed like the skeleton, zlib or LZMA) holds one record per walked TensorProto::
 
     u8 kind (payload.Kind; NONE = nothing moved, the record ends here)
-    uvarint data_type | uvarint ndims | zigzag-varint dims...   (checked against the skeleton)
     u8 store (integer storage type, for int fields) | u8 codec (codecs.Codec)
     uvarint raw_len (decoded payload bytes)
     uvarint meta_len | meta bytes (codec parameters, coder tables, lane states: see codecs.py)
@@ -11,7 +10,9 @@ The index (compressed like the skeleton, zlib or LZMA) holds one record per walk
     u32 crc32 of the decoded payload
 
 Keeping every table and lane state in the index lets one compressor squeeze the many similar
-tables of a model together.
+tables of a model together. Records are matched to the skeleton's tensors by walk order; data type
+and shape are the skeleton's (format 1 repeated them in every record), and a payload that decodes to
+anything else than what the record's CRC32 says is refused.
 
 After the payload section come the shared word sections of the lockstep coders: all rANS words
 (u16) then all Huffman words (u32), each in the order the batch decoder reads them.
@@ -57,7 +58,6 @@ from onnxopt.packing.format import (
     Reader,
     read_header,
     write_uvarint,
-    zigzag,
 )
 from onnxopt.packing.lanes import interleave_words, out_extent
 from onnxopt.packing.payload import (
@@ -286,10 +286,6 @@ def _deflate_best(data: bytes) -> tuple[int, bytes]:
 
 def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw: bytes) -> None:
     index.append(kind)
-    write_uvarint(index, t.data_type)
-    write_uvarint(index, len(t.dims))
-    for d in t.dims:
-        write_uvarint(index, zigzag(int(d)))
     index.append(store)
     index.append(coded.codec)
     write_uvarint(index, len(raw))
@@ -305,8 +301,6 @@ def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int,
 @dataclass
 class _Record:
     kind: Kind
-    data_type: int = 0
-    dims: tuple[int, ...] = ()
     store: int = 0
     codec: int = 0
     raw_len: int = 0
@@ -357,9 +351,6 @@ def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
         if kind is Kind.NONE:
             records.append(_Record(kind))
             continue
-        data_type = r.uvarint(1 << 16, "data type")
-        ndims = r.uvarint(limits.max_dims, "rank")
-        dims = tuple(r.svarint() for _ in range(ndims))
         store = r.u8()
         if store >= len(STORE_TYPES):
             raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
@@ -368,7 +359,7 @@ def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
         meta = r.take(r.uvarint(r.remaining, "metadata size"))
         packed_len = r.uvarint()
         crc = r.u32()
-        records.append(_Record(kind, data_type, dims, store, codec, raw_len, meta, packed_len, crc))
+        records.append(_Record(kind, store, codec, raw_len, meta, packed_len, crc))
     r.done()
     return records
 
@@ -428,8 +419,6 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             offsets.append(-1)
             continue
         what = f"tensor {t.name!r}"
-        if t.data_type != rec.data_type or tuple(t.dims) != rec.dims:
-            raise CorruptPackError(f"{what}: record does not match the model (dtype or shape)")
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
         p = parse_payload(rec.codec, rec.meta, r.take(rec.packed_len), rec.raw_len, what, limits)
