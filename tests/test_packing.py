@@ -36,6 +36,7 @@ from onnxopt.packing.format import (
     LIMITS,
     MAGIC,
     PREFIX_SIZE,
+    SKELETON_BROTLI,
     SKELETON_ZLIB,
     CorruptPackError,
     Reader,
@@ -487,6 +488,30 @@ def test_row_groups_roundtrip(itemsize, rows, row_len, extra, transposed, groups
 
 
 @FAST
+@given(states=st.lists(st.integers(1 << 16, (1 << 32) - 1), min_size=1, max_size=70))
+def test_rans_lane_states_pack_unpack(states):
+    x = np.array(states, dtype=np.uint32)
+    packed = rans.pack_states(x)
+    assert len(packed) == -(-x.size // 8) + 4 * x.size - int((x < (1 << 24)).sum())
+    r = Reader(packed, "states")
+    assert np.array_equal(rans.read_states(r, x.size), x)
+    r.done()
+    for cut in (len(packed) - 1, 0):
+        with pytest.raises(CorruptPackError):
+            rans.read_states(Reader(packed[:cut], "states"), x.size)
+
+
+def test_rans_lane_states_hostile():
+    packed = bytearray(rans.pack_states(np.array([1 << 20, 1 << 30, 70000], dtype=np.uint32)))
+    bad_padding = bytes([packed[0] | 0x80]) + bytes(packed[1:])
+    with pytest.raises(CorruptPackError, match="padding"):
+        rans.read_states(Reader(bad_padding, "s"), 3)
+    below_low = bytes([packed[0]]) + b"\x00\x00\x00" + bytes(packed[4:])  # first state 0 < 2**16
+    with pytest.raises(CorruptPackError, match="out of range"):
+        rans.read_states(Reader(below_low, "s"), 3)
+
+
+@FAST
 @given(groups_=st.integers(2, 16), rows=st.integers(1, 300), seed=st.integers(0, 1000))
 def test_group_ids_pack_unpack(groups_, rows, seed):
     ids = np.random.default_rng(seed).integers(0, groups_, rows).astype(np.uint8)
@@ -689,7 +714,12 @@ def _index_raw(data: bytes) -> bytes:
     head = read_header(data)
     start = PREFIX_SIZE + head.skeleton_packed
     blob = data[start : start + head.index_packed]
-    return zlib.decompress(blob) if head.section_codecs >> 4 == SKELETON_ZLIB else lzma.decompress(blob)
+    codec = head.section_codecs >> 4
+    if codec == SKELETON_BROTLI:
+        import brotli
+
+        return brotli.decompress(blob)
+    return zlib.decompress(blob) if codec == SKELETON_ZLIB else lzma.decompress(blob)
 
 
 def test_bad_magic_and_version(small_pack):

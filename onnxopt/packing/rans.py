@@ -13,7 +13,8 @@ Payload::
 
     uvarint lanes | symbol set | u8 table precision P | freq-1 per symbol but the last, as nibble
     varints (the last is 2**P - sum; the decoder scales all by 2**(12-P))
-    | lanes x u32 initial decoder states | uvarint number of words
+    | lane states (bitmap of 3-byte states, then 3 or 4 bytes each: see pack_states)
+    | uvarint number of words
 
 Small planes may store a coarser table (P < 12) when that saves more table bytes than it costs in
 coded bits.
@@ -230,11 +231,43 @@ def _stream(
     write_symbol_set(head, present.tolist())
     head.append(table_precision)
     write_nibble_varints(head, (stored[present[:-1]] - 1).tolist())
-    head += x.astype("<u4").tobytes()
+    head += pack_states(x)
     write_uvarint(head, int(words.size))
     return EncodedStream(
         lanes=lanes, steps=steps, header=bytes(head), words=words, word_step=word_step, word_lane=word_lane
     )
+
+
+def pack_states(x: np.ndarray) -> bytes:
+    """Lane states: a bitmap (bit set: the state is below 2**24) then 3 or 4 little-endian bytes each.
+
+    Final rANS states are spread about evenly over log2 in [16, 32): half of them fit in 3 bytes,
+    which saves about 3 bits per lane over plain u32s.
+    """
+    x = x.astype(np.uint32)
+    short = x < np.uint32(1 << 24)
+    grid = x.astype("<u4").view(np.uint8).reshape(-1, 4)
+    keep = np.ones_like(grid, dtype=bool)
+    keep[:, 3] = ~short
+    return np.packbits(short, bitorder="little").tobytes() + grid[keep].tobytes()
+
+
+def read_states(r: Reader, lanes: int) -> np.ndarray:
+    """Inverse of :func:`pack_states`; every length is checked against the bytes present first."""
+    short = np.unpackbits(np.frombuffer(r.take(-(-lanes // 8)), dtype=np.uint8), bitorder="little")
+    if short[lanes:].any():
+        raise CorruptPackError(f"{r.what}: rANS state bitmap has padding bits set")
+    short = short[:lanes].astype(bool)
+    n_short = int(short.sum())
+    raw = np.frombuffer(r.take(4 * lanes - n_short), dtype=np.uint8)
+    grid = np.zeros((lanes, 4), dtype=np.uint8)
+    keep = np.ones((lanes, 4), dtype=bool)
+    keep[:, 3] = ~short
+    grid[keep] = raw
+    states = grid.view("<u4").reshape(-1)
+    if (states < LOW).any() or ((states >= (1 << 24)) == short).any():
+        raise CorruptPackError(f"{r.what}: rANS lane state out of range")
+    return states
 
 
 def _decode_table(present: list[int], freqs: list[int]) -> np.ndarray:
@@ -264,7 +297,7 @@ def parse(r: Reader, n: int, limits: Limits) -> LaneStream:
     if last < 1:
         raise CorruptPackError(f"{r.what}: rANS frequencies do not sum to {scale}")
     freqs = [f << (PRECISION - table_precision) for f in [*freqs, last]]
-    states = np.frombuffer(r.take(STATE_BYTES * lanes), dtype="<u4")
+    states = read_states(r, lanes)
     steps = -(-n // lanes)
     nwords = r.uvarint(steps * lanes)
     return LaneStream(lanes=lanes, steps=steps, nwords=nwords, init=states, table=_decode_table(present, freqs))
