@@ -34,7 +34,10 @@ Huffman must beat rANS by 2% (every coder in use costs the unpacker one lockstep
 beat the rest by 2% (it unpacks literal-heavy data at a few tens of MB/s). Trials are pruned: plane
 coder sizes are estimated from histograms (within ~0.1% of the real size), so only the chosen coder
 runs; planes whose entropy leaves no room are stored raw at once; LZ codecs on large tensors are
-tried on a sample first, and LZMA only where zlib came close.
+tried on a sample first, and LZMA only where zlib came close (brotli too, on multi-byte elements).
+Row groups are planned from per-row histograms (groups.plan) and coded only when the plan saves
+bytes; the rows in group order are also offered to the LZ codecs as one payload (up to 4 MB).
+Candidate order per tensor: byte planes (rANS/Huffman/raw/const), row groups, zlib, LZMA, brotli.
 """
 
 from __future__ import annotations
