@@ -283,6 +283,76 @@ def _range_blowup(node: gs.Node, r: Role, avail: set[str], ranges: dict | None) 
     return o > RANGE_RATIO_LIMIT * max(a, 1e-12) or not np.isfinite(o)
 
 
+def _hard_sigmoid_params(node: gs.Node) -> tuple[float, float] | None:
+    if node.op == "HardSigmoid":
+        return float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+    if node.op == "HardSwish":
+        return 1.0 / 6.0, 0.5
+    return None
+
+
+def _dead_below(graph: gs.Graph, t: gs.Tensor, node: gs.Node) -> tuple[float, float] | None:
+    """(lo, hi) outside which ``node`` does not depend on the value of ``t`` beyond the bound itself:
+    HardSwish(t) is 0 for every t <= -3, HardSigmoid(t) is 0 / 1 beyond -beta/alpha and
+    (1 - beta)/alpha, and the spelled-out hardswish ``t * Clip(t + c, 0, m)`` is 0 for t <= -c."""
+    hp = _hard_sigmoid_params(node)
+    if hp is not None and node.inputs and node.inputs[0] is t:
+        alpha, beta = hp
+        if alpha <= 0:
+            return None
+        if node.op == "HardSwish":
+            return -beta / alpha, np.inf
+        return -beta / alpha, (1.0 - beta) / alpha
+    if node.op == "Add" and len(node.inputs) == 2 and len(node.outputs) == 1:
+        other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+        c = _positive_scalar(_const(other))
+        y = node.outputs[0]
+        if c is None or is_graph_output(graph, y) or len(y.outputs) != 1:
+            return None
+        clip = y.outputs[0]
+        b = _clip_bounds(clip)
+        if b is None or b[0] != 0.0 or clip.inputs[0] is not y:
+            return None
+        # every other reader of t must be Mul(t, clip output): it is 0 wherever the clip is
+        z = clip.outputs[0]
+        for c2 in t.outputs:
+            if c2 is node:
+                continue
+            if c2.op != "Mul" or len(c2.inputs) != 2 or {id(i) for i in c2.inputs} != {id(t), id(z)}:
+                return None
+        return -c, np.inf
+    if node.op == "Mul" and len(node.inputs) == 2:
+        # the partner of the Add above (checked from the Add's side)
+        for c2 in t.outputs:
+            if c2 is not node and c2.op == "Add" and _dead_below(graph, t, c2) is not None:
+                return _dead_below(graph, t, c2)
+    return None
+
+
+def consumer_bounds(graph: gs.Graph) -> dict[str, tuple[float, float]]:
+    """Tensors whose readers ignore values beyond a bound: their quantization range can stop there.
+
+    A conv output read only by a HardSwish spends, with a plain calibrated range, most of its 256
+    levels on values below -3 that all end up as 0 (PP-LCNet, MobileNetV3: ranges like [-30, 20]).
+    Clipping the range at -3 is exact for the reader and makes the steps two to three times finer.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) or not t.outputs or is_graph_output(graph, t):
+            continue
+        lo, hi = np.inf, -np.inf  # the union of what the readers can tell apart
+        ok = True
+        for c in t.outputs:
+            b = _dead_below(graph, t, c)
+            if b is None:
+                ok = False
+                break
+            lo, hi = min(lo, b[0]), max(hi, b[1])
+        if ok and (np.isfinite(lo) or np.isfinite(hi)):
+            out[t.name] = (float(lo), float(hi))
+    return out
+
+
 def name_nodes(graph: gs.Graph) -> int:
     """Give every unnamed node a unique name (plans and reports refer to nodes by name)."""
     gen = NameGen(graph)

@@ -315,3 +315,45 @@ def profile_candidates(order: Sequence[str], fp32_s: dict[str, float], int8_s: d
         if lead != set(slower) and lead != long_runs:
             out.append(("kernel-slower-stem", base_float | lead))
     return out
+
+
+def prefix_precision(
+    evaluate: Callable[[set[str]], dict],
+    layers: Sequence[str],
+    base_float: set[str],
+    budget: Budget,
+    *,
+    deadline: float | None = None,
+) -> tuple[set[str], dict, dict]:
+    """The shortest float *prefix* of ``layers`` (topological order) that meets ``budget``.
+
+    Quantization damage concentrates in the first layers of CNNs (stems and early depthwise blocks
+    on few-channel, high-resolution maps), which are also where int8 kernels gain least; a float
+    prefix has a single Q boundary, where per-layer selection leaves float islands whose Q/DQ and
+    layout changes can cost more than their layers. Binary search on the prefix length.
+    """
+    layers = list(layers)
+    report: dict = {"search": []}
+    results: dict[int, dict] = {}
+
+    def at(k: int) -> dict:
+        if k not in results:
+            results[k] = evaluate(set(base_float) | set(layers[:k]))
+            report["search"].append({"float_prefix": k, **_short(results[k])})
+        return results[k]
+
+    lo, hi = 0, len(layers)  # prefix length: lo does not meet the budget, hi does (all float)
+    if budget.met(at(0)):
+        hi = 0
+    while hi - lo > 1:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        mid = (lo + hi) // 2
+        if budget.met(at(mid)):
+            hi = mid
+        else:
+            lo = mid
+    report["float_prefix"] = hi
+    report["layers"] = list(layers[:hi])
+    final = results.get(hi) if hi in results else {}
+    return set(base_float) | set(layers[:hi]), report, final

@@ -203,6 +203,43 @@ def test_hardsigmoid_clip_is_the_output_q_saturation(tmp_path):
             assert np.abs(a - b).max() < 0.05, np.abs(a - b).max()
 
 
+def test_ranges_stop_where_hardswish_readers_stop_caring(tmp_path):
+    # a conv output read only by HardSwish (or by the spelled-out x * Clip(x + 3, 0, 6)) needs no
+    # levels below -3; one also read by something else keeps its calibrated range
+    from onnxopt.passes.quant_graph import consumer_bounds
+
+    three = numpy_helper.from_array(np.array(3.0, np.float32), "three")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    six = numpy_helper.from_array(np.array(6.0, np.float32), "six")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Neg", ["x"], ["c"]),
+        helper.make_node("HardSwish", ["a"], ["ha"]),
+        helper.make_node("Add", ["b", "three"], ["b3"]),
+        helper.make_node("Clip", ["b3", "zero", "six"], ["bc"]),
+        helper.make_node("Mul", ["b", "bc"], ["hb"]),
+        helper.make_node("HardSigmoid", ["c"], ["hc"], alpha=0.25, beta=0.5),
+        helper.make_node("Relu", ["c"], ["rc"]),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("ha", "hb", "hc", "rc")],
+                          [three, zero, six])
+    bounds = consumer_bounds(to_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    assert bounds["a"] == (-3.0, np.inf)
+    assert bounds["b"] == (-3.0, np.inf)
+    assert "c" not in bounds and "x" not in bounds
+
+    # and the int8 model is better for it: a conv whose output spans [-30, 20] before a HardSwish
+    model = _hardswish_se_model()
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    assert entry.stats["calibration"]["ranges_clipped_by_readers"] >= 1
+    inits = _inits(q)
+    qn = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("c1"))
+    lo = -float(inits[qn.input[1]]) * int(inits[qn.input[2]])
+    assert lo >= -3.0 - 0.05, lo
+
+
 def test_profile_candidates_keep_slow_int8_kernels_float():
     from onnxopt.passes.quant_select import profile_candidates
 
