@@ -28,6 +28,61 @@ Outputs = dict[str, np.ndarray]
 LARGE_MODEL_BYTES = 256 << 20
 
 
+class OrtSource:
+    """What to hand onnxruntime for a model: its bytes, or, for large models (and any past protobuf's
+    2 GB limit), a graph file in a temp folder beside a data file that onnxruntime maps; ``low_memory``
+    (default: by size) also turns prepacking off, which would copy every weight once more.
+
+    ``extra_outputs`` (value infos) are added to what onnxruntime sees, never to ``model``.
+    """
+
+    def __init__(self, model: onnx.ModelProto, opts, *, extra_outputs: Sequence[onnx.ValueInfoProto] = (),
+                 low_memory: bool | None = None):
+        from onnxopt.model import needs_external_data, save, weight_bytes
+
+        large = weight_bytes(model) > LARGE_MODEL_BYTES
+        if large if low_memory is None else low_memory:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self.source: str | bytes
+        if large or needs_external_data(model):
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
+            path = Path(self._tmpdir.name) / "model.onnx"
+            save(model, path, external_data=True)
+            if extra_outputs:  # the graph file alone is edited
+                graph_only = onnx.load(str(path), load_external_data=False)
+                graph_only.graph.output.extend(extra_outputs)
+                path.write_bytes(graph_only.SerializeToString())
+            self.source = str(path)
+        else:
+            n = len(model.graph.output)
+            model.graph.output.extend(extra_outputs)  # borrowed for serialization, then put back
+            try:
+                self.source = model.SerializeToString()
+            finally:
+                del model.graph.output[n:]
+
+    def close(self) -> None:
+        """Remove the temp folder (a session made from it keeps working: its weights are mapped)."""
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
+def make_session(model: onnx.ModelProto | str, opts=None, *, low_memory: bool | None = None):
+    """An onnxruntime CPU session for a ModelProto of any size (or a path), with ``opts``."""
+    import onnxruntime as ort
+
+    opts = opts or ort.SessionOptions()
+    if isinstance(model, str):
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    source = OrtSource(model, opts, low_memory=low_memory)
+    try:
+        return ort.InferenceSession(source.source, opts, providers=["CPUExecutionProvider"])
+    finally:
+        source.close()
+
+
 class OrtRunner:
     """An onnxruntime CPU session for one model (temp file with external data past 2 GB)."""
 
@@ -36,7 +91,7 @@ class OrtRunner:
         """``extra_outputs``: intermediate tensors to return as well (the model is not copied for it)."""
         import onnxruntime as ort
 
-        from onnxopt.model import needs_external_data, output_value_infos, save, weight_bytes
+        from onnxopt.model import output_value_infos
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # errors surface as exceptions we report; no C++ log noise
@@ -45,27 +100,8 @@ class OrtRunner:
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         infos = output_value_infos(model, extra_outputs) if extra_outputs else []
-        large = weight_bytes(model) > LARGE_MODEL_BYTES
-        if large:
-            opts.add_session_config_entry("session.disable_prepacking", "1")
-        self._tmpdir = None
-        if large or needs_external_data(model):
-            # weights to a data file onnxruntime maps; the graph file alone is edited for extra outputs
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="onnxopt-ort-")
-            path = Path(self._tmpdir.name) / "model.onnx"
-            save(model, path, external_data=True)
-            if infos:
-                graph_only = onnx.load(str(path), load_external_data=False)
-                graph_only.graph.output.extend(infos)
-                path.write_bytes(graph_only.SerializeToString())
-            source: str | bytes = str(path)
-        else:
-            n = len(model.graph.output)
-            model.graph.output.extend(infos)  # borrowed for serialization, then put back
-            try:
-                source = model.SerializeToString()
-            finally:
-                del model.graph.output[n:]
+        self._source = OrtSource(model, opts, extra_outputs=infos)
+        source = self._source.source
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -78,9 +114,7 @@ class OrtRunner:
 
     def close(self) -> None:
         self.session = None
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+        self._source.close()
 
 
 def short_error(exc: BaseException) -> str:

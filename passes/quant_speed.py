@@ -27,6 +27,7 @@ import onnx
 
 from onnxopt.data import Feed
 from onnxopt.model import iter_graphs
+from onnxopt.validate import make_session
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ def session(model: onnx.ModelProto | str, *, threads: int = 1, optimized_path: s
         opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"onnxopt-prof-{os.getpid()}")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    # any size: a model past protobuf's 2 GB limit goes through a temp file (timing keeps prepacking on)
+    return make_session(model, opts, low_memory=False)
 
 
 def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto | None:
