@@ -112,6 +112,11 @@ def sensitivity_keeps(analysis: ChannelAnalysis, selector: Selector, model: onnx
     # consumer weights per class root (what zeroing a class touches)
     consumers = [m for m in analysis.members if m.role == "consumer"]
     names = {m.node.inputs[m.input_index].name for m in consumers}
+    from onnxopt.model import weight_bytes
+    from onnxopt.validate import LARGE_MODEL_BYTES
+
+    if weight_bytes(model) > LARGE_MODEL_BYTES:  # the probe holds a second copy of the model and its weights
+        return keep_uniform, {"note": "model too large to probe (memory): uniform ratio", "samples": 0}
     probe = _Probe(model, names, feeds)
     touch: dict[int, list] = {}
     for m in consumers:
