@@ -110,6 +110,8 @@ class PackOptions:
     #: LZMA must beat the best other codec by this fraction (it unpacks several times slower)
     lzma_margin: float = 0.02
     brotli_quality: int = 11
+    #: brotli is tried on multi-byte elements only where zlib came within this factor of the best
+    brotli_probe: float = 1.03
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
     #: longest stream (which sets the number of numpy rounds at unpack time) stays short
     max_steps: int = 512
@@ -325,7 +327,8 @@ def _try_groups(
         rows = arr.size // row_bytes
         view = groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed)
         permuted = np.concatenate([view[np.argsort(ids, kind="stable")].reshape(-1), arr[rows * row_bytes :]])
-        inner = choose(permuted.tobytes(), itemsize, dataclasses.replace(options, codecs=frozenset(lz)))
+        lz_only = dataclasses.replace(options, codecs=frozenset(lz))
+        inner = choose(permuted.tobytes(), itemsize, lz_only, ceiling=best.size)
         if inner.codec is not Codec.RAW:
             k = int(ids.max()) + 1
             meta = bytearray([itemsize, int(transposed) | 2])
@@ -341,12 +344,17 @@ def _try_groups(
     return best
 
 
-def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int] | None = None) -> Coded:
+def choose(
+    data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int] | None = None, ceiling: int | None = None
+) -> Coded:
     """Code one payload with every allowed codec worth trying; return the smallest.
 
     ``shape`` (the tensor's dims, when ``data`` is one tensor) gives the rows for row groups.
+    ``ceiling``: a size the caller already has; LZ trials that cannot beat it are pruned (the result
+    may then be RAW).
     """
     best = Coded(Codec.RAW, bulk=data, label="raw")
+    limit = len(data) if ceiling is None else min(len(data), ceiling)
     if not data:
         return best
     arr = np.frombuffer(data, dtype=np.uint8)
@@ -361,39 +369,47 @@ def choose(data: bytes, itemsize: int, options: PackOptions, shape: Sequence[int
         if "groups" in options.codecs and len(data) >= options.group_min_bytes:
             best = _try_groups(arr, itemsize, shape, best, options)
     lz = [c for c in ("zlib", "lzma", "brotli") if c in options.codecs and (c != "brotli" or _brotli is not None)]
-    # brotli's context modelling suits 1-byte data; on wider elements it follows zlib's lead, like LZMA
-    gated = {"lzma", "brotli"} if itemsize > 1 else {"lzma"}
+
+    def skip(name: str, zlib_ratio: float) -> bool:
+        """LZMA only where zlib came within lzma_probe; brotli likewise on multi-byte elements, within
+        brotli_probe (its context modelling suits 1-byte data, which it always gets)."""
+        if name == "lzma":
+            return zlib_ratio > options.lzma_probe
+        if name == "brotli" and itemsize > 1:
+            return zlib_ratio > options.brotli_probe
+        return False
+
     if lz and len(data) > options.lz_full_trial_bytes:
         # on a sample: can LZ beat the byte-plane entropy (an optimistic estimate of our coders)?
         sample = _sample(data, options.lz_sample_bytes)
         sarr = np.frombuffer(sample, dtype=np.uint8)
         k = itemsize if len(sample) % itemsize == 0 else 1
         bound = sum(entropy_bits(counts(p)) for p in split_planes(sarr, k)) / 8
-        ratio = best.size / len(data)
+        ratio = min(best.size, limit) / len(data)
         target = min(bound, ratio * len(sample)) * 0.99
         kept = []
-        far = False
+        zlib_ratio = 0.0
         for name in lz:
-            if far and name in gated:
+            if skip(name, zlib_ratio):
                 continue
             size = len(_lz(name, sample, options)[1])
+            if name == "zlib":
+                zlib_ratio = size / target
             # brotli adapts as it goes: on 1-byte data a sample within 1% of the best may still win
             if size < target * (1.02 if name == "brotli" and itemsize == 1 else 1.0):
                 kept.append(name)
-            elif name == "zlib" and size > target * options.lzma_probe:
-                far = True  # far from winning: LZMA will not close the gap either
         lz = kept
-    far = False
+    zlib_ratio = 0.0
     for name in lz:
-        if far and name in gated:
+        if skip(name, zlib_ratio):
             continue
         meta, bulk = _lz(name, data, options)
         size = len(meta) + len(bulk)
+        if name == "zlib":
+            zlib_ratio = size / min(best.size, limit)
         # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
         if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" else 0.0)):
             best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
-        elif name == "zlib" and size > best.size * options.lzma_probe:
-            far = True  # LZMA rarely gains more than this over zlib: not worth its time here
     best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
     return best
 
