@@ -7,7 +7,7 @@ identical nodes meet in CSE, and so on. Each round runs, over the graph and ever
 1. canonicalize  - Constant nodes become initializers, identical initializers merge;
 2. fold          - :class:`~passes.fold_constants.Folder` (constants, static shapes, If inlining);
 3. rules         - the structural rules of :mod:`simplify_rules` (EXACT) and, for ``simplify``,
-                   the fusions of :mod:`fuse_linear` (NUMERIC);
+                   the fusions of :mod:`fuse_linear` and :mod:`fuse_activation` (NUMERIC);
 4. CSE           - nodes with the same op, domain, attributes and inputs compute the same thing:
                    one stays (subgraph-carrying and random ops are never merged);
 5. DCE           - nodes no output depends on, and unused initializers, go;
@@ -37,6 +37,7 @@ from onnxopt.passes_api import Kind, Pass, PassResult
 
 from .canonicalize import dedup_constants, lift_constants
 from .fold_constants import Folder, FoldPolicy
+from .fuse_activation import ACTIVATION_RULES
 from .fuse_linear import FUSE_RULES
 from .graph_utils import NameGen, all_graphs
 from .simplify_core import (
@@ -229,7 +230,7 @@ class _Engine:
         self.fuse = fuse
         self.policy = policy
         self.max_iterations = max_iterations
-        self.tables = tables if tables is not None else ([RULES, FUSE_RULES] if fuse else [RULES])
+        self.tables = tables if tables is not None else ([RULES, FUSE_RULES, ACTIVATION_RULES] if fuse else [RULES])
         self.canonical = canonical
         self.do_cse = do_cse
 
