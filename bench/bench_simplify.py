@@ -285,6 +285,9 @@ def worker(tool: str, path: str, repeat: int) -> dict:
         return {"status": f"crash: {type(exc).__name__}: {first}", "rss_mb": peak_rss_mb()}
     rss = peak_rss_mb()
     assert out is not None
+    save_dir = os.environ.get("ONNXOPT_BENCH_SAVE")
+    if save_dir and out.ByteSize() < 2**31 - 1:  # for --latency: the parent times it against the original
+        onnx.save(out, str(Path(save_dir) / f"{tool}.onnx"))
     result = {
         "seconds": statistics.median(times),
         "rss_mb": rss,
@@ -305,10 +308,11 @@ def worker(tool: str, path: str, repeat: int) -> dict:
     return result
 
 
-def run_worker(tool: str, path: str, repeat: int, timeout: float) -> dict:
+def run_worker(tool: str, path: str, repeat: int, timeout: float, save_dir: str = "") -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, path, "--repeat", str(repeat)]
+    env = dict(os.environ, ONNXOPT_BENCH_SAVE=save_dir) if save_dir else None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": f"timeout ({timeout:.0f}s)"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -316,6 +320,24 @@ def run_worker(tool: str, path: str, repeat: int, timeout: float) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:150]
         return {"status": f"crash: exit {proc.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+def latency_ratios(path: str, save_dir: str, tools: list[str], repeat: int) -> dict[str, float]:
+    """ORT latency of each tool's saved output / the original's, on the product's first validation feed."""
+    from common import ort_latency
+
+    model = onnx.load(path)
+    with _quiet():
+        feed = make_feed_sets(model)[0][0][0]
+    candidates = {"original": path}
+    candidates.update({t: str(Path(save_dir) / f"{t}.onnx") for t in tools if (Path(save_dir) / f"{t}.onnx").exists()})
+    try:
+        with _quiet():
+            secs = ort_latency(candidates, feed, repeat=repeat)
+    except Exception as exc:  # a tool's output that onnxruntime refuses is already reported as invalid
+        print(f"  latency not measured: {str(exc)[:120]}", file=sys.stderr)
+        return {}
+    return {t: secs[t] / secs["original"] for t in candidates if t != "original"}
 
 
 def original_stats(path: str) -> dict:
@@ -399,6 +421,9 @@ def main() -> int:
     ap.add_argument("--conformance", action="store_true", help="also run the ONNX node test cases")
     ap.add_argument("--conformance-tools", default="simplify,onnxsim,onnxslim,gs-fold,ort-basic")
     ap.add_argument("--json", default="", help="write raw results here")
+    ap.add_argument("--latency", type=int, default=0, metavar="N",
+                    help="also time every tool's output against the original in onnxruntime (1 thread, N "
+                         "interleaved rounds, medians) and report latency / original")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "MODEL"), help=argparse.SUPPRESS)
     args, _extra = ap.parse_known_args()
 
@@ -420,22 +445,30 @@ def main() -> int:
     for p in paths:
         name = p.name
         results[name] = {"original": original_stats(str(p))}
-        for tool in tools:
-            print(f"  {name} / {tool} ...", file=sys.stderr, flush=True)
-            results[name][tool] = run_worker(tool, str(p), args.repeat, args.timeout)
+        with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as save_dir:
+            for tool in tools:
+                print(f"  {name} / {tool} ...", file=sys.stderr, flush=True)
+                results[name][tool] = run_worker(tool, str(p), args.repeat, args.timeout,
+                                                 save_dir if args.latency else "")
+            lat = latency_ratios(str(p), save_dir, tools, args.latency) if args.latency else {}
         orig = results[name]["original"]
-        rows.append([name, "original", orig["nodes"], orig["dyn"], "", "", f"{orig['weights_mb']:.2f}", ""])
+        rows.append([name, "original", orig["nodes"], orig["dyn"], "", "", f"{orig['weights_mb']:.2f}",
+                     "1.00" if lat else "", ""])
         for tool in tools:
             r = results[name][tool]
+            if tool in lat:
+                r["latency_ratio"] = lat[tool]
+            lx = f"{lat[tool]:.2f}" if tool in lat else ""
             if "nodes" not in r:
                 rows.append([name, tool, "", "", "", f"{r.get('rss_mb', 0):.0f}" if r.get("rss_mb") else "", "",
-                             r["status"]])
+                             lx, r["status"]])
                 continue
             rows.append([name, tool, r["nodes"], r["dyn"], f"{r['seconds']:.2f}", f"{r['rss_mb']:.0f}",
-                         f"{r['weights_mb']:.2f}", r["status"]])
+                         f"{r['weights_mb']:.2f}", lx, r["status"]])
         targets.append(_targets(name, results[name], "onnxopt"))
         pass_targets.append(_targets(name, results[name], "simplify"))
-    print(markdown_table(["model", "tool", "nodes", "dyn", "time s", "peak RSS MB", "weights MB", "outputs"], rows))
+    print(markdown_table(["model", "tool", "nodes", "dyn", "time s", "peak RSS MB", "weights MB", "latency x",
+                          "outputs"], rows))
     print()
     headers = ["model", "dyn <= min(anchors)", "weights within 10% or 1 MB", "outputs ok", "time <= onnxslim",
                "RSS <= onnxsim"]
