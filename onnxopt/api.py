@@ -117,13 +117,15 @@ def optimize(
     keep_going: bool = False,
     image_preprocess: ImagePreprocess | None = None,
     pack: bool = False,
+    pack_codecs: Sequence[str] | None = None,
     options: dict | None = None,
 ) -> OptimizeResult:
     """Optimize a model with a validated pipeline; write it to ``output`` (atomically) if given.
 
     ``passes``: pass names or Pass instances (default: the lossless pipeline). ``calibration`` and
     ``validation_data`` are .npz files or folders of images (see ``image_preprocess``). ``pack`` writes a
-    packed model (lossless entropy-coded weights; ``onnxopt.load`` reads it back). Lossy passes are
+    packed model (lossless entropy-coded weights; ``onnxopt.load`` reads it back), with the codecs
+    ``pack_codecs`` allows (default: all). Lossy passes are
     validated against ``budget`` if given, else their own (``Pass.budget``) or the default, with
     ``budget_overrides`` (field name -> value) applied on top. The input is never
     modified. Raises an :class:`~onnxopt.errors.OnnxOptError` subclass on any failure, in which case
@@ -209,7 +211,7 @@ def optimize(
     if pack:
         from onnxopt.packing import pack_model
 
-        packed = pack_model(result_model)
+        packed = pack_model(result_model, codecs=pack_codecs)
         report.extra["pack"] = packed.to_dict()
         if output is not None:
             write_bytes_atomic(output, packed.data)

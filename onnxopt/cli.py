@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation range calibration for --quantize (default: the pass's own)")
     g.add_argument("--prune", type=float, metavar="R", help="remove fraction R of the channels (0 < R < 1)")
     g.add_argument("--pack", action="store_true", help="write a packed model (lossless entropy-coded weights)")
+    g.add_argument("--pack-codecs", metavar="LIST",
+                   help="with --pack: codecs it may choose from, comma-separated (default: all of "
+                        "raw,zlib,lzma,brotli,huffman,rans,groups; raw is always the fallback)")
     g = p.add_argument_group("inputs and validation")
     g.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                    help="fix a dynamic input's shape (repeatable); the output model keeps it fixed")
@@ -143,6 +146,9 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
     Progress.enabled_default = not args.quiet
     passes = pipeline_from_args(args)
+    if args.pack_codecs is not None and not args.pack:
+        raise UsageError("--pack-codecs needs --pack")
+    pack_codecs = [c.strip() for c in args.pack_codecs.split(",") if c.strip()] if args.pack_codecs else None
     if Path(args.input).resolve() == Path(args.output).resolve():
         log.info("output replaces the input; it is written atomically once everything succeeded")
     budget_overrides = {"min_cosine": args.min_cosine, "min_sqnr_db": args.min_sqnr, "min_top1": args.min_top1,
@@ -160,7 +166,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
             samples=args.samples, seed=args.seed, int_high=args.int_range,
             tolerance=Tolerance(rtol=args.rtol, atol=args.atol), budget_overrides=budget_overrides,
             keep_going=args.keep_going,
-            image_preprocess=image_preprocess, pack=args.pack,
+            image_preprocess=image_preprocess, pack=args.pack, pack_codecs=pack_codecs,
         )
         report = result.report
     except OnnxOptError as exc:

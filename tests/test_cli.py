@@ -211,3 +211,18 @@ def test_errors_name_the_input_file_and_what_to_do(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith(f"onnxopt: error: {DEMO_MODEL}: pass 'prune-channels' failed validation")
     assert "--keep-going" in err and "--min-sqnr" in err and len(err.splitlines()) == 1
+
+
+def test_pack_codecs_flag(capsys, mlp_path, tmp_path):
+    import json as _json
+
+    packed, report, back = tmp_path / "m.onnxpack", tmp_path / "r.json", tmp_path / "back.onnx"
+    code, _, _ = _run(capsys, mlp_path, packed, "--pack", "--pack-codecs", "raw,zlib", "--report", report, "-q")
+    assert code == 0
+    labels = [t["codec"] for t in _json.loads(report.read_text())["extra"]["pack"]["tensors"]]
+    assert labels and not any(c in label for label in labels for c in ("rans", "huffman", "lzma", "brotli", "groups"))
+    assert _run(capsys, "unpack", packed, back, "-q")[0] == 0
+    code, _, err = _run(capsys, mlp_path, packed, "--pack", "--pack-codecs", "gzip")
+    assert code == 2 and "gzip" in _one_error_line(err)
+    code, _, err = _run(capsys, mlp_path, tmp_path / "x.onnx", "--pack-codecs", "zlib")
+    assert code == 2 and "--pack-codecs needs --pack" in _one_error_line(err)
