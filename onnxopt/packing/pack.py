@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from onnxopt.model import tensor_nbytes
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.bundles import Bundle, plan_bundles
 from onnxopt.packing.codecs import (
@@ -66,6 +67,7 @@ from onnxopt.packing.payload import (
     Payload,
     dtype_name,
     field_is_empty,
+    raw_itemsize,
     restore_payload,
     take_payload,
     walk_tensors,
@@ -157,8 +159,7 @@ def pack_model(
             options = PackOptions.from_codecs(codecs)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
+    skeleton, borrowed = _skeleton_of(model)
     tensors = list(walk_tensors(skeleton))
     taken: dict[int, Payload] = {}
     for i, t in enumerate(tensors):
@@ -166,6 +167,10 @@ def pack_model(
             raise BadModelError(
                 f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first"
             )
+        source = borrowed.get(i)
+        if source is not None:  # a large raw initializer: read from the model, never copied into the skeleton
+            taken[i] = Payload(Kind.RAW_DATA, source.raw_data, raw_itemsize(t.data_type))
+            continue
         payload = take_payload(t)
         if payload is not None:
             taken[i] = payload
@@ -246,7 +251,6 @@ def pack_model(
     index_codec, index_packed = _deflate_best(bytes(index))
     rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
     huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
-    body = b"".join(payloads)
     header = Header(
         records=len(tensors),
         section_codecs=skel_codec | index_codec << 4,
@@ -256,11 +260,11 @@ def pack_model(
         index_raw=len(index),
         index_packed=len(index_packed),
         index_crc=zlib.crc32(index),
-        payload_bytes=len(body),
+        payload_bytes=sum(len(p) for p in payloads),
         rans_words=len(rans_words) // 2,
         huffman_words=len(huff_words) // 4,
     )
-    data = b"".join([header.pack(), skel, index_packed, body, rans_words, huff_words])
+    data = b"".join([header.pack(), skel, index_packed, *payloads, rans_words, huff_words])  # one copy
     result = PackResult(data=data, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed))
     log.info(
         "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
@@ -271,6 +275,47 @@ def pack_model(
         result.file_bytes,
     )
     return result
+
+
+#: main-graph raw initializers at least this large stay out of the skeleton copy (read from the model)
+BORROW_BYTES = 4096
+
+
+def _skeleton_of(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, onnx.TensorProto]]:
+    """A copy of ``model`` to strip, in which large raw main-graph initializers come without their
+    bytes (a full CopyFrom would hold every weight twice); returns it and, by position in
+    :func:`walk_tensors` order (main-graph initializers come first), the model's tensors whose bytes
+    the packer reads directly."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    borrowed: dict[int, onnx.TensorProto] = {}
+    for k, t in enumerate(model.graph.initializer):
+        if (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL
+                and tensor_nbytes(t) >= BORROW_BYTES):
+            _copy_fields(t, skeleton.graph.initializer.add(), skip="raw_data")
+            borrowed[k] = t
+        else:
+            skeleton.graph.initializer.append(t)
+    return skeleton, borrowed
+
+
+def _copy_fields(src, dst, *, skip: str) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` but ``skip`` (which is never read)."""
+    for fd in src.DESCRIPTOR.fields:
+        if fd.name == skip:
+            continue
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:
+            repeated = fd.label == fd.LABEL_REPEATED
+        if repeated:
+            if len(getattr(src, fd.name)):
+                getattr(dst, fd.name).extend(getattr(src, fd.name))
+        elif src.HasField(fd.name):
+            if fd.message_type is not None:
+                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
+            else:
+                setattr(dst, fd.name, getattr(src, fd.name))
 
 
 def _deflate_best(data: bytes) -> tuple[int, bytes]:
