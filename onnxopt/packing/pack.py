@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.model import tensor_nbytes
 from onnxopt.packing import huffman, rans
-from onnxopt.packing.bundles import Bundle, plan_bundles
+from onnxopt.packing.bundles import THRESHOLDS, Bundle, plan_bundles
 from onnxopt.packing.codecs import (
     Codec,
     Coded,
@@ -161,7 +161,14 @@ def pack_model(
             raise UsageError(str(exc)) from None
     skeleton, borrowed = _skeleton_of(model)
     tensors = list(walk_tensors(skeleton))
+    # one tensor at a time: take its bytes, find an identical earlier payload (stored once) or code it;
+    # only payloads small enough to be bundled keep their bytes afterwards (others: length and CRC)
     taken: dict[int, Payload] = {}
+    raw_len: dict[int, int] = {}
+    raw_crc: dict[int, int] = {}
+    refs: dict[int, int] = {}
+    seen: dict[bytes, int] = {}
+    individual: dict[int, Coded] = {}
     for i, t in enumerate(tensors):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise BadModelError(
@@ -169,28 +176,26 @@ def pack_model(
             )
         source = borrowed.get(i)
         if source is not None:  # a large raw initializer: read from the model, never copied into the skeleton
-            taken[i] = Payload(Kind.RAW_DATA, source.raw_data, raw_itemsize(t.data_type))
-            continue
-        payload = take_payload(t)
-        if payload is not None:
-            taken[i] = payload
-    # identical payloads are stored once
-    refs: dict[int, int] = {}
-    seen: dict[bytes, int] = {}
-    for i, p in taken.items():
-        if len(p.data) <= 16:
-            continue
-        key = hashlib.blake2b(p.data, digest_size=20, person=bytes([p.kind, p.store])).digest()
-        if key in seen:
-            refs[i] = seen[key]
+            p = Payload(Kind.RAW_DATA, source.raw_data, raw_itemsize(t.data_type))
         else:
-            seen[key] = i
-    individual = {
-        i: choose(p.data, p.itemsize, options, shape=tensors[i].dims) for i, p in taken.items() if i not in refs
-    }
+            p = take_payload(t)
+            if p is None:
+                continue
+        raw_len[i], raw_crc[i] = len(p.data), zlib.crc32(p.data)
+        if len(p.data) > 16:
+            key = hashlib.blake2b(p.data, digest_size=20, person=bytes([p.kind, p.store])).digest()
+            if key in seen:
+                refs[i] = seen[key]
+            else:
+                seen[key] = i
+        if i not in refs:
+            individual[i] = choose(p.data, p.itemsize, options, shape=t.dims)
+        if len(p.data) > BUNDLE_MAX:
+            p = Payload(p.kind, b"", p.itemsize, p.store)
+        taken[i] = p
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
-    sizes = {i: (len(taken[i].data), taken[i].itemsize) for i in individual if taken[i].data}
+    sizes = {i: (raw_len[i], taken[i].itemsize) for i in individual if raw_len[i]}
     bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, options))
     head_of: dict[int, Bundle] = {b.members[0]: b for b in bundles}
     bundle_number = {head: k for k, head in enumerate(sorted(head_of))}
@@ -226,20 +231,20 @@ def pack_model(
                 write_uvarint(body, bundle_number[bundle.members[0]])
                 coded = Coded(Codec.SLICE, bytes(body))
             coded.label = f"bundle[{len(bundle.members)}]:{bundle.coded.label}"
-            size = round(bundle.coded.size * len(p.data) / max(bundle.total, 1))
+            size = round(bundle.coded.size * raw_len[i] / max(bundle.total, 1))
         else:
             coded = individual[i]
             size = coded.size
         rans_streams += coded.rans
         huff_streams += coded.huffman
         payloads.append(coded.bulk)
-        _write_record(index, t, p.kind, p.store, coded, p.data)
+        _write_record(index, p.kind, p.store, coded, raw_len[i], raw_crc[i])
         reports.append(
             TensorReport(
                 name=t.name,
                 dtype=dtype_name(t.data_type),
                 shape=list(t.dims),
-                raw_bytes=len(p.data),
+                raw_bytes=raw_len[i],
                 packed_bytes=size,
                 entropy_bound_bytes=sum(entropy_bits(h) for h in hists[i]) / 8,
                 byte_entropy_bound_bytes=entropy_bits(sum(hists[i])) / 8 if hists[i] else 0.0,
@@ -276,6 +281,9 @@ def pack_model(
     )
     return result
 
+
+#: only payloads up to this size are ever bundled (bundles.THRESHOLDS)
+BUNDLE_MAX = max(THRESHOLDS)
 
 #: main-graph raw initializers at least this large stay out of the skeleton copy (read from the model)
 BORROW_BYTES = 4096
@@ -329,15 +337,15 @@ def _deflate_best(data: bytes) -> tuple[int, bytes]:
     return min(options, key=lambda o: len(o[1]))
 
 
-def _write_record(index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw: bytes) -> None:
+def _write_record(index: bytearray, kind: Kind, store: int, coded: Coded, raw_len: int, raw_crc: int) -> None:
     index.append(kind)
     index.append(store)
     index.append(coded.codec)
-    write_uvarint(index, len(raw))
+    write_uvarint(index, raw_len)
     write_uvarint(index, len(coded.meta))
     index += coded.meta
     write_uvarint(index, len(coded.bulk))
-    index += zlib.crc32(raw).to_bytes(4, "little")
+    index += raw_crc.to_bytes(4, "little")
 
 
 # --------------------------------------------------------------------------- unpacking
