@@ -381,20 +381,23 @@ def _length_delimited(field: int, size: int) -> bytes:
     return _varint(field << 3 | 2) + _varint(size)
 
 
-def _copy_except(src, dst, skipped: str):
-    """Copy every set field of protobuf message ``src`` into ``dst`` except ``skipped`` (no deep copy of it)."""
-    for field, value in src.ListFields():
-        if field.name == skipped:
+def copy_fields(src, dst, *, skip: str):
+    """Copy every set field of protobuf message ``src`` into ``dst`` but ``skip``, which is never read
+    (``ListFields`` would hand out a copy of a tensor's raw bytes just to skip them). Returns ``dst``."""
+    for fd in src.DESCRIPTOR.fields:
+        if fd.name == skip:
             continue
-        repeated = getattr(field, "is_repeated", None)
+        repeated = getattr(fd, "is_repeated", None)
         if repeated is None:
-            repeated = field.label == field.LABEL_REPEATED
+            repeated = fd.label == fd.LABEL_REPEATED
         if repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
+            if len(getattr(src, fd.name)):
+                getattr(dst, fd.name).extend(getattr(src, fd.name))
+        elif src.HasField(fd.name):
+            if fd.message_type is not None:
+                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
+            else:
+                setattr(dst, fd.name, getattr(src, fd.name))
     return dst
 
 
@@ -405,8 +408,8 @@ def _save_streamed(model: onnx.ModelProto, path: Path) -> None:
     without its main-graph initializers, then the graph field whose length covers the initializers
     appended one record at a time. Parsing it gives back exactly ``model``.
     """
-    head = _copy_except(model, onnx.ModelProto(), "graph")
-    graph = _copy_except(model.graph, onnx.GraphProto(), "initializer")
+    head = copy_fields(model, onnx.ModelProto(), skip="graph")
+    graph = copy_fields(model.graph, onnx.GraphProto(), skip="initializer")
     graph_bytes = graph.SerializeToString()
     sizes = [t.ByteSize() for t in model.graph.initializer]
     graph_size = len(graph_bytes) + sum(len(_length_delimited(_INITIALIZER_FIELD, n)) + n for n in sizes)
@@ -438,7 +441,7 @@ def _raw_bytes(t: onnx.TensorProto) -> bytes:
 
 def _externalize(t: onnx.TensorProto, f, offset: int, location: str) -> tuple[onnx.TensorProto, int]:
     """Write ``t``'s data at the next 4 KB boundary of ``f``; return a data-less stub pointing at it."""
-    stub = _copy_except(t, onnx.TensorProto(), "raw_data")
+    stub = copy_fields(t, onnx.TensorProto(), skip="raw_data")
     for field in _TYPED_FIELDS:
         stub.ClearField(field)
     raw = _raw_bytes(t)
@@ -482,8 +485,8 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             offset = 0
-            structure = _copy_except(model, onnx.ModelProto(), "graph")
-            _copy_except(model.graph, structure.graph, "initializer")
+            structure = copy_fields(model, onnx.ModelProto(), skip="graph")
+            copy_fields(model.graph, structure.graph, skip="initializer")
             for t in model.graph.initializer:
                 if _is_external_candidate(t):
                     stub, offset = _externalize(t, f, offset, location)

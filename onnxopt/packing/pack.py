@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxopt.model import tensor_nbytes
+from onnxopt.model import copy_fields, tensor_nbytes
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.bundles import THRESHOLDS, Bundle, plan_bundles
 from onnxopt.packing.codecs import (
@@ -295,35 +295,17 @@ def _skeleton_of(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, onn
     :func:`walk_tensors` order (main-graph initializers come first), the model's tensors whose bytes
     the packer reads directly."""
     skeleton = onnx.ModelProto()
-    _copy_fields(model, skeleton, skip="graph")
-    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    copy_fields(model, skeleton, skip="graph")
+    copy_fields(model.graph, skeleton.graph, skip="initializer")
     borrowed: dict[int, onnx.TensorProto] = {}
     for k, t in enumerate(model.graph.initializer):
         if (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL
                 and tensor_nbytes(t) >= BORROW_BYTES):
-            _copy_fields(t, skeleton.graph.initializer.add(), skip="raw_data")
+            copy_fields(t, skeleton.graph.initializer.add(), skip="raw_data")
             borrowed[k] = t
         else:
             skeleton.graph.initializer.append(t)
     return skeleton, borrowed
-
-
-def _copy_fields(src, dst, *, skip: str) -> None:
-    """Copy every set field of protobuf message ``src`` into ``dst`` but ``skip`` (which is never read)."""
-    for fd in src.DESCRIPTOR.fields:
-        if fd.name == skip:
-            continue
-        repeated = getattr(fd, "is_repeated", None)
-        if repeated is None:
-            repeated = fd.label == fd.LABEL_REPEATED
-        if repeated:
-            if len(getattr(src, fd.name)):
-                getattr(dst, fd.name).extend(getattr(src, fd.name))
-        elif src.HasField(fd.name):
-            if fd.message_type is not None:
-                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
-            else:
-                setattr(dst, fd.name, getattr(src, fd.name))
 
 
 def _deflate_best(data: bytes) -> tuple[int, bytes]:
