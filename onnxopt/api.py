@@ -22,7 +22,7 @@ from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.feeds import ValidationSet, build_validation_set, open_runner
 from onnxopt.images import ImageFolderData, ImagePreprocess
 from onnxopt.manager import PassManager
-from onnxopt.model import ModelSource, load, save, write_bytes_atomic
+from onnxopt.model import ModelSource, load, save, write_parts_atomic
 from onnxopt.passes_api import Pass
 from onnxopt.registry import make_pipeline
 from onnxopt.report import RunReport
@@ -214,7 +214,7 @@ def optimize(
         packed = pack_model(result_model, codecs=pack_codecs)
         report.extra["pack"] = packed.to_dict()
         if output is not None:
-            write_bytes_atomic(output, packed.data)
+            write_parts_atomic(output, packed.parts)
     elif output is not None:
         save(result_model, output)
     if output is not None:

@@ -329,10 +329,16 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    write_parts_atomic(path, [data])
+
+
+def write_parts_atomic(path: str | os.PathLike, parts: Sequence[bytes]) -> None:
+    """Write the concatenation of ``parts`` to ``path`` atomically, without ever joining them."""
     with atomic_output(path) as tmp:
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                for part in parts:
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

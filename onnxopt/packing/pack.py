@@ -94,12 +94,17 @@ class TensorReport:
 
 @dataclass
 class PackResult:
-    """A packed file and its report."""
+    """A packed file (as the consecutive ``parts`` it is written from) and its report."""
 
-    data: bytes
+    parts: list[bytes]
     tensors: list[TensorReport] = field(default_factory=list)
     skeleton_bytes: int = 0  # compressed model structure
     index_bytes: int = 0  # compressed tensor records
+
+    @property
+    def data(self) -> bytes:
+        """The whole file in one buffer (a copy of every part: write ``parts`` instead when saving)."""
+        return b"".join(self.parts)
 
     @property
     def raw_bytes(self) -> int:
@@ -119,7 +124,7 @@ class PackResult:
 
     @property
     def file_bytes(self) -> int:
-        return len(self.data)
+        return sum(len(p) for p in self.parts)
 
     @property
     def tensor_bytes_in_file(self) -> int:
@@ -269,8 +274,8 @@ def pack_model(
         rans_words=len(rans_words) // 2,
         huffman_words=len(huff_words) // 4,
     )
-    data = b"".join([header.pack(), skel, index_packed, *payloads, rans_words, huff_words])  # one copy
-    result = PackResult(data=data, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed))
+    parts = [header.pack(), skel, index_packed, *payloads, rans_words, huff_words]  # written in turn, never joined
+    result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed))
     log.info(
         "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
         len(reports),
