@@ -54,35 +54,43 @@ BUDGET_HINT = ("; to accept more loss give a lower --min-cosine/--min-sqnr (or -
 SPILL_SNAPSHOT_BYTES = 512 * 2**20
 
 
-class _Spill:
-    """A model written to a temp folder (external data) and dropped from memory until ``restore``."""
+class _Snapshot:
+    """The model a pass started from, kept for a rollback while its candidate is validated: in memory,
+    or (``spill``) written to a temp folder with external data and dropped from memory until taken."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self._dir = tempfile.TemporaryDirectory(prefix="onnxopt-snapshot-")
-        self._path = Path(self._dir.name) / "snapshot.onnx"
-        try:
-            save(model, self._path, external_data=True)
-        except BaseException:
-            self.discard()
-            raise
+    def __init__(self, model: onnx.ModelProto, *, spill: bool):
+        self._model: onnx.ModelProto | None = model
+        self._dir: tempfile.TemporaryDirectory | None = None
+        if spill:
+            self._dir = tempfile.TemporaryDirectory(prefix="onnxopt-snapshot-")
+            try:
+                save(model, self._path, external_data=True)
+            except OnnxOptError as exc:  # the temp folder cannot take it: it stays in memory
+                log.warning("keeping the rollback snapshot in memory: %s", exc)
+                self.drop()
+                return
+            self._model = None
 
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> _Spill | None:
-        """Spill ``model``, or None (it stays in memory) if the temp folder cannot take it."""
-        try:
-            return cls(model)
-        except OnnxOptError as exc:
-            log.warning("keeping the rollback snapshot in memory: %s", exc)
-            return None
+    @property
+    def _path(self) -> Path:
+        assert self._dir is not None
+        return Path(self._dir.name) / "snapshot.onnx"
 
-    def restore(self) -> onnx.ModelProto:
+    @property
+    def spilled(self) -> bool:
+        return self._model is None
+
+    def take(self) -> onnx.ModelProto:
+        """The snapshot, read back if it was spilled; the temp folder goes."""
         try:
-            return load(self._path, check=False)
+            return self._model if self._model is not None else load(self._path, check=False)
         finally:
-            self.discard()
+            self.drop()
 
-    def discard(self) -> None:
-        self._dir.cleanup()
+    def drop(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
 
 class PassManager:
@@ -194,20 +202,17 @@ class PassManager:
             return candidate, previous_outputs
         t1 = time.perf_counter()
         context.model = None  # type: ignore[assignment]
-        spilled = _Spill.of(current) if weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES else None
-        if spilled is not None:
-            del current  # onnxruntime gets the memory the snapshot held; a rollback reads it back
+        snapshot = _Snapshot(current, spill=weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES)
+        del current  # a spilled snapshot gives onnxruntime the memory it held; a rollback reads it back
+        if snapshot.spilled:
             gc.collect()  # the pass's graphsurgeon graph (a cycle) still refers to the snapshot's tensors
         try:
             outputs = self._run_ort(candidate, validation, p.name)
         except ValidationError as exc:
             entry.validation_seconds = time.perf_counter() - t1
             del candidate
-            current = spilled.restore() if spilled is not None else current
-            return self._reject(p, entry, current, previous_outputs, str(exc), exc)
+            return self._reject(p, entry, snapshot.take(), previous_outputs, str(exc), exc)
         entry.validation_seconds = time.perf_counter() - t1
-        if spilled is not None:
-            current = spilled
         vs_prev = compare_outputs(previous_outputs or validation.reference, outputs)
         vs_orig = compare_outputs(validation.reference, outputs)
         entry.vs_previous = summarize(vs_prev)
@@ -217,13 +222,10 @@ class PassManager:
         else:
             problems = self.budget_for(p).check(vs_prev) + [f"whole run: {m}" for m in self.run_budget.check(vs_orig)]
         if problems:
-            if isinstance(current, _Spill):
-                del candidate
-                current = current.restore()
-            return self._reject(p, entry, current, previous_outputs, "; ".join(problems),
+            del candidate
+            return self._reject(p, entry, snapshot.take(), previous_outputs, "; ".join(problems),
                                 ValidationError(f"pass {p.name!r} failed validation: {problems[0]}{BUDGET_HINT}"))
-        if isinstance(current, _Spill):
-            current.discard()
+        snapshot.drop()
         entry.status = "applied"
         context.invalidate()
         return candidate, outputs
