@@ -372,6 +372,7 @@ STREAM_SAVE_BYTES = 128 * 2**20
 
 _GRAPH_FIELD = 7  # ModelProto.graph
 _INITIALIZER_FIELD = 5  # GraphProto.initializer
+_RAW_DATA_FIELD = 9  # TensorProto.raw_data
 
 
 def _varint(n: int) -> bytes:
@@ -412,29 +413,50 @@ def _save_streamed(model: onnx.ModelProto, path: Path) -> None:
 
     Protobuf parsers accept fields in any order and merge repeated fields, so the file is the model
     without its main-graph initializers, then the graph field whose length covers the initializers
-    appended one record at a time. Parsing it gives back exactly ``model``.
+    appended one record at a time. Parsing it gives back exactly ``model``. A raw initializer is
+    written as its other fields followed by its raw_data field, so its bytes are read once (protobuf's
+    ``ByteSize`` would serialize it just to measure it); :func:`load` checked raw sizes against dims.
     """
     head = copy_fields(model, onnx.ModelProto(), skip="graph")
     graph = copy_fields(model.graph, onnx.GraphProto(), skip="initializer")
     graph_bytes = graph.SerializeToString()
-    sizes = [t.ByteSize() for t in model.graph.initializer]
-    graph_size = len(graph_bytes) + sum(len(_length_delimited(_INITIALIZER_FIELD, n)) + n for n in sizes)
+    records = [_initializer_record(t) for t in model.graph.initializer]
+    graph_size = len(graph_bytes) + sum(len(_length_delimited(_INITIALIZER_FIELD, size)) + size
+                                        for _, _, size in records)
     with atomic_output(path) as tmp:
         try:
             with open(tmp, "wb") as f:
                 f.write(head.SerializeToString())
                 f.write(_length_delimited(_GRAPH_FIELD, graph_size))
                 f.write(graph_bytes)
-                for t, n in zip(model.graph.initializer, sizes):
-                    f.write(_length_delimited(_INITIALIZER_FIELD, n))
-                    f.write(t.SerializeToString())
+                for t, (rest, n, size) in zip(model.graph.initializer, records):
+                    f.write(_length_delimited(_INITIALIZER_FIELD, size))
+                    if n is None:  # typed fields: serialized whole, one tensor at a time
+                        f.write(t.SerializeToString())
+                        continue
+                    raw = t.raw_data
+                    if len(raw) != n:
+                        raise OutputError(f"{path}: tensor {t.name!r} holds {len(raw)} bytes, its shape says {n}")
+                    f.write(rest)
+                    f.write(_length_delimited(_RAW_DATA_FIELD, n))
+                    f.write(raw)
+                    del raw
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             raise OutputError(f"{path}: write failed ({exc.strerror})") from None
 
 
-_RAW_DATA_FIELD = 9  # TensorProto.raw_data
+def _initializer_record(t: onnx.TensorProto) -> tuple[bytes, int | None, int]:
+    """(the initializer serialized without its raw_data, the raw_data length, the record's size);
+    for a tensor without raw_data: (b"", None, its serialized size)."""
+    n = expected_raw_bytes(t) if t.HasField("raw_data") else None
+    if n is None:
+        return b"", None, t.ByteSize()
+    rest = copy_fields(t, onnx.TensorProto(), skip="raw_data").SerializeToString()
+    return rest, n, len(rest) + len(_length_delimited(_RAW_DATA_FIELD, n)) + n
+
+
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
