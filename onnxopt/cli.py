@@ -129,9 +129,9 @@ def pipeline_from_args(args: argparse.Namespace) -> list:
     if args.quantize:
         opts: dict = {"method": args.calibrate_method} if args.calibrate_method else {}
         # the budget flags also steer the pass's mixed precision (which layers stay float)
-        for flag, option in (("min_sqnr", "min_sqnr"), ("min_cosine", "min_cosine"), ("min_top1", "min_top1")):
-            if getattr(args, flag) is not None:
-                opts[option] = getattr(args, flag) or None
+        for name in ("min_sqnr", "min_cosine", "min_top1"):
+            if getattr(args, name) is not None:
+                opts[name] = getattr(args, name) or None
         pipeline.append(make_pass("quantize-int8", **opts))
     return pipeline
 
