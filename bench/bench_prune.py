@@ -174,11 +174,10 @@ def score_tensors(model: onnx.ModelProto) -> tuple[list[str], str]:
 
 
 def fidelity(model: onnx.ModelProto, candidate: onnx.ModelProto, feeds: list[dict]) -> dict:
-    from onnxopt.activations import with_outputs
     from onnxopt.validate import OrtRunner, compare_outputs, summarize
 
     names, at = score_tensors(model)
-    r0, r1 = OrtRunner(with_outputs(model, names)), OrtRunner(with_outputs(candidate, names))
+    r0, r1 = OrtRunner(model, extra_outputs=names), OrtRunner(candidate, extra_outputs=names)
     outs = [o.name for o in model.graph.output]
     a = [r0.run(f) for f in feeds]
     b = [r1.run(f) for f in feeds]

@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feed
-from onnxopt.model import output_value_infos
 from onnxopt.progress import Progress
 from onnxopt.validate import OrtRunner
 
@@ -86,17 +85,6 @@ class TensorStats:
         if self.channel_abs_sum is None or not self.channel_count:
             return None
         return self.channel_abs_sum / self.channel_count
-
-
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """Copy of ``model`` that also outputs the named intermediate tensors (types from shape inference).
-
-    For onnxruntime, prefer ``OrtRunner(model, extra_outputs=names)``: it never copies the weights.
-    """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.extend(output_value_infos(model, names))
-    return m
 
 
 def stream_activations(

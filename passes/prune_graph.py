@@ -316,7 +316,6 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], feed
                     ) -> dict[str, Shape]:
     """Concrete shape of every tensor at the given input shapes: shape inference (on a copy without
     the weights' data), then one ORT run for whatever inference could not resolve."""
-    from onnxopt.activations import with_outputs
     from onnxopt.validate import OrtRunner
 
     m = _weightless(model, input_shapes)
@@ -338,7 +337,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], feed
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes and n.op_type != "Constant"]
     if missing and feed is not None:
         try:
-            runner = OrtRunner(with_outputs(model, missing), optimize=False)
+            runner = OrtRunner(model, optimize=False, extra_outputs=missing)
             out = runner.run(feed)
             runner.close()
             for name in missing:

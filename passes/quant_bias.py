@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt.activations import with_outputs
 from onnxopt.data import Feed
 from onnxopt.validate import OrtRunner
 
@@ -34,7 +33,7 @@ INT32_LIMIT = 2**31 - 1
 def _channel_means(model: onnx.ModelProto, tensors: dict[str, tuple[str, int]], feeds: Sequence[Feed]
                    ) -> dict[str, np.ndarray]:
     """Per-channel means (streamed) of ``tensors``: key -> (tensor name, channel axis)."""
-    runner = OrtRunner(with_outputs(model, sorted({t for t, _ in tensors.values()})))
+    runner = OrtRunner(model, extra_outputs=sorted({t for t, _ in tensors.values()}))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     try:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fixtures
 import onnxopt
-from onnxopt.activations import TensorStats, collect_stats, with_outputs
+from onnxopt.activations import TensorStats, collect_stats
 from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.model import to_graph, to_model
 from onnxopt.passes.quant_calib import compute_range, qparams_u8, quantize_weight, weight_scales
@@ -193,8 +193,8 @@ def test_hardsigmoid_clip_is_the_output_q_saturation(tmp_path):
     model = _hardswish_se_model()
     q, _ = _quantize(model, tmp_path, min_macs=0)
     assert not [n for n in q.graph.node if n.op_type in ("HardSwish", "HardSigmoid")]
-    hs = OrtRunner(with_outputs(model, ["hs"]))
-    hq = OrtRunner(with_outputs(q, ["hs"]))
+    hs = OrtRunner(model, extra_outputs=["hs"])
+    hq = OrtRunner(q, extra_outputs=["hs"])
     for scale in (1.0, 20.0):
         feed = {"x": (fixtures.random_feeds(model, seed=7)["x"] * scale).astype(np.float32)}
         a, b = hs.run(feed)["hs"], hq.run(feed)["hs"]
