@@ -268,14 +268,9 @@ def latency(models: dict[str, bytes], feed: dict, repeat: int, threads: int, see
     """
     import statistics
 
-    import onnxruntime as ort
+    from common import ort_sessions
 
-    sessions = {}
-    for k, m in models.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sessions[k] = ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+    sessions = ort_sessions(models, threads)
     for s in sessions.values():
         for _ in range(5):
             s.run(None, feed)

@@ -31,9 +31,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 7, w
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def ort_latency(models: dict[str, bytes | str], feed: dict[str, np.ndarray], repeat: int = 20,
-                threads: int = 1) -> dict[str, float]:
-    """Median ORT CPU latency (seconds) of several models on one feed, measured interleaved."""
+def ort_sessions(models: dict[str, bytes | str], threads: int = 1) -> dict:
+    """onnxruntime CPU sessions for timing: ``threads`` intra-op threads, warnings off."""
     import onnxruntime as ort
 
     sessions = {}
@@ -42,6 +41,13 @@ def ort_latency(models: dict[str, bytes | str], feed: dict[str, np.ndarray], rep
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
         sessions[k] = ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+    return sessions
+
+
+def ort_latency(models: dict[str, bytes | str], feed: dict[str, np.ndarray], repeat: int = 20,
+                threads: int = 1) -> dict[str, float]:
+    """Median ORT CPU latency (seconds) of several models on one feed, measured interleaved."""
+    sessions = ort_sessions(models, threads)
     return interleaved_medians({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, repeat=repeat,
                                warmup=3)
 
