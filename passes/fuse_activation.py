@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .fuse_linear import FLOAT_DTYPES, clip_bound
 from .simplify_core import Rewriter, is_default_domain, known_value
 from .simplify_rules import Rule
-
-_FLOAT = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _scalar(t: gs.Tensor | None) -> float | None:
@@ -67,9 +66,7 @@ def _relu6_of_x_plus_3(t: gs.Tensor, rw: Rewriter) -> tuple[gs.Tensor, list[gs.N
     clip = rw.producer(t)
     if clip is None or clip.op != "Clip" or not is_default_domain(clip):
         return "not fed by a Clip"
-    lo = clip.attrs.get("min") if "min" in clip.attrs else _scalar(clip.inputs[1]) if len(clip.inputs) > 1 else None
-    hi = clip.attrs.get("max") if "max" in clip.attrs else _scalar(clip.inputs[2]) if len(clip.inputs) > 2 else None
-    if lo is None or hi is None or float(lo) != 0.0 or float(hi) != 6.0:
+    if clip_bound(clip, "min") != 0.0 or clip_bound(clip, "max") != 6.0:
         return "the Clip is not [0, 6]"
     add = rw.producer(clip.inputs[0])
     if add is None or add.op != "Add" or not is_default_domain(add) or not rw.sole_consumer(add.outputs[0], clip):
@@ -78,7 +75,7 @@ def _relu6_of_x_plus_3(t: gs.Tensor, rw: Rewriter) -> tuple[gs.Tensor, list[gs.N
     x, c = add.inputs[1 - k], add.inputs[k]
     if _scalar(c) != 3.0 or not _scalar_shape_ok(rw, c, x):
         return "the Add is not + 3"
-    if rw.shapes.dtype(x) not in _FLOAT:
+    if rw.shapes.dtype(x) not in FLOAT_DTYPES:
         return "not a float tensor"
     return x, [clip, add]
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: a per-channel parameter: a float64 vector when known, else a static tensor of shape [C]
 Val = np.ndarray | gs.Tensor
 
-_FLOAT = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _value(t: gs.Tensor | None) -> np.ndarray | None:
@@ -241,7 +241,7 @@ def rule_bn_into_conv(bn: gs.Node, rw: Rewriter) -> str | None:
     if not rw.static(w):
         return "weight depends on a graph input"
     dtype = rw.shapes.dtype(w)
-    if dtype not in _FLOAT:
+    if dtype not in FLOAT_DTYPES:
         return "weight is not float"
     if conv.op == "Gemm":
         wshape = rw.shapes.static_shape(w)
@@ -305,7 +305,7 @@ def rule_affine_into_bn(node: gs.Node, rw: Rewriter) -> str | None:
         return "rank or channel count unknown"
     channels = scale_shape[0]
     dtype = rw.shapes.dtype(bn.inputs[1])
-    if dtype not in _FLOAT or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
+    if dtype not in FLOAT_DTYPES or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
         return "not float or mixed types"
     c = _channel_vector(rw, node.inputs[1 - i], rank, channels, 1)
     if isinstance(c, str):
@@ -345,7 +345,7 @@ def rule_mul_into_conv(node: gs.Node, rw: Rewriter) -> str | None:
         return info
     channels, axis, rank = info
     dtype = rw.shapes.dtype(w)
-    if dtype not in _FLOAT or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
+    if dtype not in FLOAT_DTYPES or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
         return "not float or mixed types"
     c = _channel_vector(rw, node.inputs[1 - i], rank, channels, 1)
     if isinstance(c, str):
@@ -373,7 +373,7 @@ def rule_add_into_conv(node: gs.Node, rw: Rewriter) -> str | None:
         return info
     channels, _, rank = info
     dtype = rw.shapes.dtype(conv.inputs[1])
-    if dtype not in _FLOAT or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
+    if dtype not in FLOAT_DTYPES or rw.shapes.dtype(node.inputs[1 - i]) != dtype:
         return "not float or mixed types"
     c = _channel_vector(rw, node.inputs[1 - i], rank, channels, 1)
     if isinstance(c, str):
@@ -418,7 +418,7 @@ def rule_add_into_gemm(node: gs.Node, rw: Rewriter) -> str | None:
     if out_shape is None or d_shape is None or not broadcast_keeps(out_shape, d_shape):
         return "the addend would broadcast the output (or shapes unknown)"
     dtype = rw.shapes.dtype(d)
-    if dtype not in _FLOAT or dtype != rw.shapes.dtype(gemm.inputs[0]):
+    if dtype not in FLOAT_DTYPES or dtype != rw.shapes.dtype(gemm.inputs[0]):
         return "not float or mixed types"
     c = gemm.inputs[2] if len(gemm.inputs) > 2 and gemm.inputs[2].name else None
     base = _base(gemm)
@@ -551,8 +551,8 @@ def rule_pad_into(node: gs.Node, rw: Rewriter) -> str | None:
             return "a window could lie entirely in the padding"
         if value != -np.inf:
             producer = rw.producer(pad.inputs[0])
-            nonneg = producer is not None and (producer.op in _NON_NEGATIVE or (
-                producer.op == "Clip" and _clip_min(producer, rw) is not None and _clip_min(producer, rw) >= 0))
+            low = clip_bound(producer, "min") if producer is not None and producer.op == "Clip" else None
+            nonneg = producer is not None and (producer.op in _NON_NEGATIVE or (low is not None and low >= 0))
             if not (value == 0.0 and nonneg):
                 return "pad value is neither -inf nor 0 on a non-negative input"
     else:
@@ -567,11 +567,13 @@ def rule_pad_into(node: gs.Node, rw: Rewriter) -> str | None:
     return None
 
 
-def _clip_min(node: gs.Node, rw: Rewriter) -> float | None:
-    if "min" in node.attrs:
-        return float(node.attrs["min"])
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        v = known_value(node.inputs[1])
+def clip_bound(node: gs.Node, which: str) -> float | None:
+    """A Clip's ``min`` or ``max`` (attribute before opset 11, else input 1 or 2), None when absent or unknown."""
+    if which in node.attrs:
+        return float(node.attrs[which])
+    i = 1 if which == "min" else 2
+    if len(node.inputs) > i and node.inputs[i].name:
+        v = known_value(node.inputs[i])
         return None if v is None else float(np.asarray(v).reshape(-1)[0])
     return None
 
