@@ -148,14 +148,18 @@ def worker_onnxopt(model: str, calib: str, out: str, opts_json: str) -> dict:
     return {"status": entry.status, "stats": entry.stats, "message": entry.message}
 
 
-def run_worker(kind: str, model: Path, calib: Path, out: Path, arg: str, mem_gb: float, timeout: float) -> dict:
-    """Run one quantizer in a child process under an address-space cap; returns its result and peak RSS."""
+def run_worker(kind: str, model: Path, calib: Path, out: Path, arg: str, mem_gb: float, timeout: float,
+               profile: str = "") -> dict:
+    """Run one quantizer in a child process under an address-space cap; returns its result and peak RSS.
+
+    ``profile``: write the child's cProfile statistics to this file (costs a few % of its time)."""
     limit = int(mem_gb * 2**30)
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    cmd = [sys.executable, __file__, "--_worker", kind, str(model), str(calib), str(out), arg]
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    cmd = [sys.executable, *prof, __file__, "--_worker", kind, str(model), str(calib), str(out), arg]
     t0 = time.perf_counter()
     try:
         # cwd: onnxruntime's quantizer drops temporary files (*.data, sym_shape_infer_temp.onnx) there
@@ -261,6 +265,8 @@ def main() -> int:
     ap.add_argument("--mem-gb", type=float, default=8.0, help="memory cap per quantizer process")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--json", default="", help="also write the raw results here")
+    ap.add_argument("--profile", default="", metavar="DIR",
+                    help="write a cProfile of each onnxopt quantization to DIR/<model>.prof")
     args = ap.parse_args()
 
     folder = Path(args.models)
@@ -298,7 +304,11 @@ def main() -> int:
             k += 1
             out = tmp / f"{short}_{label}.onnx"
             print(f"[{short}] {label}", file=sys.stderr, flush=True)
-            res = run_worker(kind, path, cpath, out, arg, args.mem_gb, args.timeout)
+            prof = ""
+            if args.profile and kind == "onnxopt":
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                prof = str(Path(args.profile).resolve() / f"{short}.prof")
+            res = run_worker(kind, path, cpath, out, arg, args.mem_gb, args.timeout, prof)
             if res.get("ok") and out.exists():
                 try:
                     run_all(out, val[:1])
