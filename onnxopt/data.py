@@ -109,7 +109,8 @@ def check_shape_overrides(specs: Sequence[InputSpec], shapes: dict[str, tuple[in
 def concrete_shape(spec: InputSpec, fill: int, batch: int = 1) -> tuple[int, ...]:
     """Spec shape with batch-like dims (axis 0 or names like 'batch', 'N') set to ``batch``, others ``fill``."""
     if spec.shape is None:
-        raise BadDataError(f"input {spec.name!r} has unknown rank; give it with --input-shape NAME=D1,D2,...")
+        raise BadDataError(f"input {spec.name!r} has unknown rank; give it with --input-shape NAME=D1,D2,...",
+                       advice="")
     out = []
     for i, d in enumerate(spec.shape):
         if isinstance(d, int) and d >= 0:
@@ -144,7 +145,8 @@ def synthetic_array(
         return rng.standard_normal(size=shape).astype(dt)
     if dt.kind in ("U", "S", "O"):
         return np.array(["onnxopt"] * int(np.prod(shape)), dtype=object).reshape(shape)
-    raise BadDataError(f"input {spec.name!r}: cannot make synthetic data of type {dt}")
+    raise BadDataError(f"input {spec.name!r}: cannot make synthetic data of type {dt}",
+                       advice="give real inputs with --validation-data (.npz)")
 
 
 def synthetic_feeds(
@@ -167,7 +169,7 @@ def synthetic_feeds(
 def _open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
     p = Path(os.fspath(path))
     if not p.is_file():
-        raise BadDataError(f"{p}: no such data file")
+        raise BadDataError(f"{p}: no such data file", advice="check the path")
     try:
         return np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

@@ -20,6 +20,8 @@ from onnxopt.validate import OrtRunner, Outputs, short_error
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC_FAILS_ADVICE = "give real inputs with --validation-data, or fix dynamic dims with --input-shape"
+
 #: sizes tried, in order, for dynamic non-batch dims (GUIDE §3)
 DEFAULT_DIM_CANDIDATES = (64, 32, 128, 224, 16, 8, 256, 1)
 #: integer inputs are tried with these exclusive upper bounds after the configured one
@@ -55,7 +57,9 @@ def open_runner(model: onnx.ModelProto, what: str = "input model") -> OrtRunner:
     try:
         return OrtRunner(model)
     except Exception as exc:
-        raise BadModelError(f"{what}: onnxruntime cannot load it: {short_error(exc)}") from None
+        raise BadModelError(f"{what}: onnxruntime cannot load it: {short_error(exc)}",
+                            advice="the model must run on onnxruntime's CPU provider: check its opsets and "
+                                   "custom ops") from None
 
 
 def build_validation_set(
@@ -84,7 +88,8 @@ def build_validation_set(
     try:
         reference = runner.run_all(feeds)
     except Exception as exc:
-        raise BadModelError(f"input model: onnxruntime fails on synthetic feeds: {short_error(exc)}") from None
+        raise BadModelError(f"input model: onnxruntime fails on synthetic feeds: {short_error(exc)}",
+                            advice=SYNTHETIC_FAILS_ADVICE) from None
     vs = ValidationSet(feeds, reference, "synthetic", resolved)
     if int_high_used != int_high:
         vs.notes.append(f"integer inputs drawn from [0, {int_high_used}) (the model rejected [0, {int_high}))")
@@ -127,7 +132,8 @@ def probe_shapes(
     free = [s for s in specs if s.name not in overrides and not s.is_static]
     for s in specs:
         if s.shape is None and s.name not in overrides:
-            raise BadDataError(f"input {s.name!r} has unknown rank; give it with --input-shape {s.name}=D1,D2,...")
+            raise BadDataError(f"input {s.name!r} has unknown rank; give it with --input-shape {s.name}=D1,D2,...",
+                               advice="")
     fills: Sequence[int] = DEFAULT_DIM_CANDIDATES if free else (1,)
     has_int = any(s.dtype.kind in "iu" for s in specs)
     highs = [int_high] + [h for h in INT_HIGH_FALLBACKS if has_int and h < int_high]
@@ -148,6 +154,6 @@ def probe_shapes(
         names = ", ".join(f"{s.describe()}" for s in free)
         raise BadDataError(
             f"could not find input shapes on which the model runs (tried {list(fills)} for dynamic dims); "
-            f"give them with --input-shape for: {names}. Last error: {last}"
+            f"give them with --input-shape for: {names}. Last error: {last}", advice=""
         )
-    raise BadModelError(f"input model: onnxruntime fails on synthetic feeds: {last}")
+    raise BadModelError(f"input model: onnxruntime fails on synthetic feeds: {last}", advice=SYNTHETIC_FAILS_ADVICE)

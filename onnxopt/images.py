@@ -74,7 +74,7 @@ class ImageFolderData:
         if len(floats) != 1 or len(specs) != 1:
             names = ", ".join(s.describe() for s in specs)
             raise BadDataError(f"{root}: an image folder feeds models with exactly one 4-D float input; "
-                               f"this model has {names}; use an .npz file instead")
+                               f"this model has {names}; use an .npz file instead", advice="")
         self.spec = floats[0]
         self.prep = prep
         self.size = prep.size or self._size_from_model()
@@ -84,7 +84,7 @@ class ImageFolderData:
         shape = self.spec.shape or ()
         h, w = (shape[2], shape[3]) if self.prep.layout == "NCHW" else (shape[1], shape[2])
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-            raise UsageError(f"input {self.spec.name!r} has dynamic height/width; give --image-size H,W")
+            raise UsageError(f"input {self.spec.name!r} has dynamic height/width; give --image-size H,W", advice="")
         return h, w
 
     def __len__(self) -> int:
@@ -94,14 +94,14 @@ class ImageFolderData:
         try:
             from PIL import Image, UnidentifiedImageError
         except ImportError:
-            raise UsageError("image folders need Pillow: pip install pillow") from None
+            raise UsageError("image folders need Pillow", advice="pip install pillow") from None
         path = self.files[i]
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise BadDataError(f"{path}: cannot read image ({exc})") from None
+            raise BadDataError(f"{path}: cannot read image ({exc})", advice="remove or replace that file") from None
         if self.prep.bgr:
             arr = arr[..., ::-1]
         arr = (arr * self.prep.scale - np.asarray(self.prep.mean, np.float32)) / np.asarray(self.prep.std, np.float32)

@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 VALIDATE_MODES = ("each", "end", "off")
 
 
-BUDGET_HINT = ("; to accept more loss give a lower --min-cosine/--min-sqnr (or --min-top1/--min-agreement), "
-               "or add --keep-going to skip the pass")
+BUDGET_ADVICE = ("to accept more loss give a lower --min-cosine/--min-sqnr (or --min-top1/--min-agreement), "
+                 "or add --keep-going to skip the pass")
 
 #: above this many weight bytes the rollback snapshot waits on disk while onnxruntime validates a pass,
 #: so memory holds the candidate and onnxruntime's copy of it, not a third copy (issue 7: peak RSS)
@@ -224,7 +224,8 @@ class PassManager:
         if problems:
             del candidate
             return self._reject(p, entry, snapshot.take(), previous_outputs, "; ".join(problems),
-                                ValidationError(f"pass {p.name!r} failed validation: {problems[0]}{BUDGET_HINT}"))
+                                ValidationError(f"pass {p.name!r} failed validation: {problems[0]}",
+                                                advice=BUDGET_ADVICE))
         snapshot.drop()
         entry.status = "applied"
         context.invalidate()
@@ -303,7 +304,7 @@ class PassManager:
         problems = self.run_budget.check(metrics) if lossy else Tolerance(
             self.tolerance.rtol * 4, self.tolerance.atol * 4).check(metrics)
         if problems:
-            hint = BUDGET_HINT if lossy else ""
-            if self.validate != "each":
-                hint += " (run with --validate each to find the pass)"
-            raise ValidationError(f"final model differs from the original: {problems[0]}{hint}")
+            advice = BUDGET_ADVICE if lossy else None  # None: the class's (loosen --rtol/--atol, ...)
+            if lossy and self.validate != "each":
+                advice += " (run with --validate each to find the pass)"
+            raise ValidationError(f"final model differs from the original: {problems[0]}", advice=advice)

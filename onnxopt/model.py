@@ -132,7 +132,7 @@ def check_raw_sizes(model: onnx.ModelProto, what: str, known: dict[int, int] | N
             raise BadModelError(
                 f"{what}: tensor {t.name!r} holds {got} bytes of data but its shape {dims} and type "
                 f"{helper.tensor_dtype_to_string(t.data_type)} need {want}; the file is damaged or was "
-                f"written by a faulty exporter")
+                f"written by a faulty exporter", advice="export the model again")
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -160,6 +160,10 @@ def _external_location(t: onnx.TensorProto) -> str:
     raise BadModelError(f"tensor {t.name!r} is marked external but has no 'location'")
 
 
+EXTERNAL_DATA_ADVICE = ("keep external data files in the model's folder or below it and save the model with relative "
+                        "locations (onnx.save(model, path, save_as_external_data=True, location='NAME.data'))")
+
+
 def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external-data locations that are absolute, climb out of ``base_dir`` or follow a symlink out."""
     base_real = Path(os.path.realpath(base_dir))
@@ -170,16 +174,17 @@ def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
         if os.path.isabs(loc) or loc.startswith(("\\", "/")) or (len(loc) > 1 and loc[1] == ":"):
             raise BadModelError(
                 f"tensor {t.name!r}: external data location {loc!r} is an absolute path; "
-                "only files inside the model's folder are allowed"
+                "only files inside the model's folder are allowed", advice=EXTERNAL_DATA_ADVICE
             )
         target = Path(os.path.realpath(base_real / loc))
         if os.path.commonpath([base_real, target]) != str(base_real):
             raise BadModelError(
                 f"tensor {t.name!r}: external data location {loc!r} resolves outside the model's folder "
-                f"{str(base_dir)!r}; refusing to read it"
+                f"{str(base_dir)!r}; refusing to read it", advice=EXTERNAL_DATA_ADVICE
             )
         if not target.is_file():
-            raise BadModelError(f"tensor {t.name!r}: external data file {loc!r} not found next to the model")
+            raise BadModelError(f"tensor {t.name!r}: external data file {loc!r} not found next to the model",
+                                advice="copy the data file into the model's folder (locations are relative to it)")
 
 
 def load_external_data(model: onnx.ModelProto, base_dir: Path, what: str,
@@ -246,9 +251,9 @@ def load(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
         path = Path(os.fspath(source))
         what = str(path)
         if not path.exists():
-            raise BadModelError(f"{path}: no such file")
+            raise BadModelError(f"{path}: no such file", advice="check the path")
         if not path.is_file():
-            raise BadModelError(f"{path}: not a file")
+            raise BadModelError(f"{path}: not a file", advice="give the path of an .onnx or .onnxpack file")
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -258,7 +263,8 @@ def load(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
     lengths: dict[int, int] = {}
     if any(uses_external_data(t) for t in iter_tensors(model)):
         if base_dir is None:
-            raise BadModelError(f"{what}: uses external data but was not loaded from a file path")
+            raise BadModelError(f"{what}: uses external data but was not loaded from a file path",
+                                advice="pass the model's path, or load it with onnxopt.load(path) first")
         check_external_locations(model, base_dir)
         load_external_data(model, base_dir, what, lengths)
     check_raw_sizes(model, what, lengths)
@@ -755,7 +761,8 @@ def upgrade_opset(model: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(model, min_opset)
     except Exception as exc:
-        raise PassError(f"cannot upgrade the model from opset {current} to {min_opset}: {exc}") from None
+        raise PassError(f"cannot upgrade the model from opset {current} to {min_opset}: {exc}",
+                        advice=f"export the model again at opset {min_opset} or newer") from None
     # version_converter may drop metadata; keep the model's identity
     for name in _MODEL_FIELDS_KEPT:
         if model.HasField(name) and not converted.HasField(name):

@@ -352,7 +352,8 @@ class QuantizeInt8(Pass):
 
         tstats = collect_stats(prepared, names, keep_some(self._calibration_feeds(context)), bins=self.bins)
         if max((s.count for s in tstats.values()), default=0) == 0:
-            raise PassError("quantize-int8: no calibration samples (the calibration set is empty)")
+            raise PassError("quantize-int8: no calibration samples (the calibration set is empty)",
+                            advice="give --calibration with at least one sample")
         bounds = consumer_bounds(graph)
         qp, unseen, ranges = self.qparams(tstats, bounds)
         stats["calibration"] = {
