@@ -72,12 +72,19 @@ def main() -> int:
     ap.add_argument("--gb", type=float, default=3.0)
     ap.add_argument("--workdir", default="")
     ap.add_argument("--stages", default="", help="comma-separated subset of: " + ", ".join(STAGES))
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep WORKDIR/big.onnx if it is already there with the weights of this size")
     ap.add_argument("--models", default="", help="ignored (bench/run.py passes it to every benchmark)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="onnxopt-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / "big.onnx"
-    size = build(src, args.gb)
+    layers = max(1, round(args.gb * 2**30 / (8192 * 8192 * 4)))
+    data = src.with_name(src.name + ".data")
+    if args.reuse and src.is_file() and data.is_file() and data.stat().st_size == layers * 8192 * 8192 * 4:
+        size = data.stat().st_size
+    else:
+        size = build(src, args.gb)
     print(f"model: {size / 2**30:.2f} GiB of weights in {src}", file=sys.stderr)
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()] or list(STAGES)
     rows = []

@@ -22,7 +22,7 @@ from onnxopt.errors import OnnxOptError, UsageError
 from onnxopt.feeds import ValidationSet, build_validation_set, open_runner
 from onnxopt.images import ImageFolderData, ImagePreprocess
 from onnxopt.manager import PassManager
-from onnxopt.model import ModelSource, load, save, write_parts_atomic
+from onnxopt.model import ModelSource, load, save
 from onnxopt.passes_api import Pass
 from onnxopt.registry import make_pipeline
 from onnxopt.report import RunReport
@@ -209,12 +209,13 @@ def optimize(
         exc.report = report  # type: ignore[attr-defined]
         raise
     if pack:
-        from onnxopt.packing import pack_model
+        from onnxopt.packing import pack_file, pack_model
 
-        packed = pack_model(result_model, codecs=pack_codecs)
+        if output is not None:  # written as it is coded: large tensors are never held coded
+            packed = pack_file(result_model, output, codecs=pack_codecs)
+        else:
+            packed = pack_model(result_model, codecs=pack_codecs)
         report.extra["pack"] = packed.to_dict()
-        if output is not None:
-            write_parts_atomic(output, packed.parts)
     elif output is not None:
         save(result_model, output)
     if output is not None:

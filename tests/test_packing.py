@@ -258,6 +258,127 @@ def test_many_streams_with_different_lane_counts_roundtrip():
     assert_roundtrip(_model(inits), codecs=["huffman"])
 
 
+CHUNKY = PackOptions(chunk_min_bytes=20_000, chunk_bytes=8_000)
+
+
+def _chunky_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(21)
+    w = (rng.standard_normal((300, 77)) * np.geomspace(0.01, 1, 300)[:, None]).astype(np.float32)
+    return _model(
+        [
+            numpy_helper.from_array(w, "rows"),  # chunks of whole rows, row groups inside them
+            numpy_helper.from_array(np.clip(np.round(rng.standard_normal(50_001) * 9), -127, 127).astype(np.int8), "flat"),
+            numpy_helper.from_array(np.zeros(30_000, dtype=np.float32), "zeros"),  # constant planes only
+            numpy_helper.from_array(np.tile(np.arange(600, dtype=np.float32), 40), "repeats"),  # LZ chunks
+            numpy_helper.from_array(w, "rows_again"),  # a reference to a chunked tensor
+            numpy_helper.from_array((rng.standard_normal(13)).astype(np.float32), "small"),
+        ]
+    )
+
+
+def test_large_tensors_are_coded_as_chunks_and_stay_exact(tmp_path):
+    model = _chunky_model()
+    result = pack_model(model, options=CHUNKY)
+    codecs = {t.name: t.codec for t in result.tensors}
+    assert all(codecs[n].startswith("chunks[") for n in ("rows", "flat", "zeros", "repeats")), codecs
+    assert codecs["rows_again"].startswith("ref[")
+    head = read_header(result.data)
+    assert head.stream_bytes > 0
+    assert unpack_model(result.data).SerializeToString() == model.SerializeToString()
+    # written as produced: the same bytes, the header patched last; loadable through onnxopt.load
+    path = tmp_path / "m.onnxpack"
+    written = onnxopt.packing.pack_file(model, path, options=CHUNKY)
+    assert written.parts == [] and written.file_bytes == path.stat().st_size
+    assert path.read_bytes() == result.data
+    assert onnxopt.load(path).SerializeToString() == model.SerializeToString()
+    with pytest.raises(ValueError, match="written to a file"):
+        _ = written.data
+    # even 8 KB chunks (each with its own tables) cost little; real chunks are 16 MB
+    plain = pack_model(model)
+    assert result.tensor_bytes_in_file <= 1.1 * plain.tensor_bytes_in_file
+
+
+def test_chunk_spans_follow_rows():
+    from onnxopt.packing.codecs import chunk_spans
+
+    spans = chunk_spans(300 * 77 * 4, 4, [300, 77], 8000)
+    assert spans[0][0] == 0 and spans[-1][1] == 300 * 77 * 4
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(s[2] is not None and (s[1] - s[0]) == s[2][0] * 77 * 4 for s in spans)
+    flat = chunk_spans(50_001, 1, [50_001], 8000)
+    assert sum(e - s for s, e, _ in flat) == 50_001 and all(shape is None for *_, shape in flat)
+    wide = chunk_spans(2 * 9000 * 4, 4, [2, 9000], 8000)  # rows larger than a chunk: element slices
+    assert all((e - s) % 4 == 0 for s, e, _ in wide) and wide[-1][1] == 72_000
+
+
+@pytest.fixture(scope="module")
+def chunk_pack() -> tuple[onnx.ModelProto, bytes]:
+    model = _chunky_model()
+    return model, pack_model(model, options=CHUNKY).data
+
+
+def test_chunked_files_refuse_damage(chunk_pack):
+    model, data = chunk_pack
+    expected = model.SerializeToString()
+    head = read_header(data)
+    rng = np.random.default_rng(7)
+    for _ in range(150):  # flips inside the stream section: a chunk CRC or a decoder catches them
+        buf = bytearray(data)
+        pos = PREFIX_SIZE + int(rng.integers(0, head.stream_bytes))
+        buf[pos] ^= int(rng.integers(1, 256))
+        try:
+            restored = unpack_model(bytes(buf), source="c.onnxpack")
+        except BadModelError as exc:
+            assert str(exc).startswith("c.onnxpack: ") and "\n" not in str(exc)
+            continue
+        assert restored.SerializeToString() == expected
+    for cut in range(0, len(data), 997):
+        with pytest.raises(BadModelError):
+            unpack_model(data[:cut])
+
+
+def _chunks_meta(data: bytes) -> tuple[bytes, int, int]:
+    """(raw index, offset of the first CHUNKS record's meta, its meta length)."""
+    raw = _index_raw(data)
+    r = Reader(raw, "index")
+    while True:
+        kind = r.u8()
+        if kind == 0:
+            continue
+        r.u8()
+        codec = r.u8()
+        r.uvarint()
+        n = r.uvarint()
+        if codec == Codec.CHUNKS:
+            return raw, r.pos, n
+        r.take(n)
+        r.uvarint()
+        r.u32()
+
+
+@pytest.mark.parametrize("claim", [0, 1, 7, 10**9, 2**40])
+def test_hostile_chunk_tables(chunk_pack, claim):
+    """Forged chunk counts and sizes are refused before anything of their size is allocated."""
+    _, data = chunk_pack
+    raw, at, n = _chunks_meta(data)
+    meta = Reader(raw, "meta", pos=at, end=at + n)
+    meta.uvarint()  # chunk count
+    size_at = meta.pos
+    meta.uvarint()
+    for start, end in ((at, size_at), (size_at, meta.pos)):  # forge the count, then the first size
+        varint = bytearray()
+        onnxopt.packing.format.write_uvarint(varint, claim)
+        forged = raw[:start] + bytes(varint) + raw[end:]
+        # the meta length prefix must follow the new meta length
+        length = bytearray()
+        onnxopt.packing.format.write_uvarint(length, n + len(varint) - (end - start))
+        prefix = bytearray()
+        onnxopt.packing.format.write_uvarint(prefix, n)
+        forged = forged[: at - len(prefix)] + bytes(length) + forged[at:]
+        with pytest.raises(BadModelError, match="packed file"):
+            unpack_model(_rebuild(data, index=bytes(forged)))
+
+
 def test_fixtures_roundtrip():
     fixtures = pytest.importorskip("fixtures")
     registry = getattr(fixtures, "FIXTURES", None)
@@ -696,7 +817,8 @@ def test_random_byte_flips_never_give_a_wrong_model(small_pack):
 def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = None) -> bytes:
     """Re-emit a pack with a replaced index and/or header fields, with valid checksums."""
     head = read_header(data)
-    pos = PREFIX_SIZE
+    stream = data[PREFIX_SIZE : PREFIX_SIZE + head.stream_bytes]
+    pos = PREFIX_SIZE + head.stream_bytes
     skeleton = data[pos : pos + head.skeleton_packed]
     pos += head.skeleton_packed
     old_index = data[pos : pos + head.index_packed]
@@ -707,12 +829,12 @@ def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = N
         head.section_codecs = (head.section_codecs & 15) | SKELETON_ZLIB << 4
     for k, v in (fields or {}).items():
         setattr(head, k, v)
-    return head.pack() + skeleton + old_index + rest
+    return head.pack() + stream + skeleton + old_index + rest
 
 
 def _index_raw(data: bytes) -> bytes:
     head = read_header(data)
-    start = PREFIX_SIZE + head.skeleton_packed
+    start = PREFIX_SIZE + head.stream_bytes + head.skeleton_packed
     blob = data[start : start + head.index_packed]
     codec = head.section_codecs >> 4
     if codec == SKELETON_BROTLI:
@@ -856,7 +978,7 @@ def test_bad_model_error_has_exit_code_2(small_pack):
 
 def test_header_layout_is_stable():
     assert HEADER.size + HEADER_CRC.size + len(MAGIC) + 1 == PREFIX_SIZE
-    assert struct.calcsize("<BIBQQIQQIQQQ") == HEADER.size
+    assert struct.calcsize("<BIBQQIQQIQQQQ") == HEADER.size
 
 
 # --------------------------------------------------------------------------- onnxruntime sessions

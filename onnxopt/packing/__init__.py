@@ -3,6 +3,7 @@
 Public API::
 
     pack_model(model, codecs=None) -> PackResult      # .data bytes, .tensors reports, .to_dict()
+    pack_file(model, path, codecs=None) -> PackResult # written as produced (large models)
     unpack_model(data, source)     -> onnx.ModelProto  # bit-exact; BadModelError on any bad input
     is_packed(data)                -> bool
     ort_session(path_or_bytes, **kwargs) -> onnxruntime.InferenceSession   # no temporary file
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from onnxopt.packing.codecs import CODEC_NAMES, PackOptions
 from onnxopt.packing.format import MAGIC, Limits
-from onnxopt.packing.pack import PackResult, TensorReport, pack_model, unpack_model
+from onnxopt.packing.pack import PackResult, TensorReport, pack_file, pack_model, unpack_model
 from onnxopt.packing.session import ort_session
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "TensorReport",
     "is_packed",
     "ort_session",
+    "pack_file",
     "pack_model",
     "unpack_model",
 ]

@@ -25,6 +25,13 @@ inside the compressed index, where similar tables of many tensors compress toget
             tables; bytes after the last whole row end the last group (see groups.py). Flag 2: the
             ids are followed by u8 codec + meta of one plain payload (zlib, LZMA, brotli, ...) /
             its bulk, holding all rows in group order (similar rows side by side help LZ coders)
+    CHUNKS  uvarint chunk count K, then per chunk: uvarint decoded bytes, u8 codec, uvarint meta
+            length + meta, uvarint bulk bytes, uvarint rANS words, uvarint Huffman words, u32 CRC32
+            of the chunk's decoded bytes / per chunk: its bulk, its own rANS words (u16) and its own
+            Huffman words (u32), in its own lockstep read order. A large tensor as independent
+            chunks of about ``chunk_bytes`` (whole rows of its first axis when they fit), each with
+            its own codec choice; the packer writes each chunk out as soon as it is coded (the
+            file's stream section), so neither trials nor coded output grow with the tensor
 
 Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
@@ -47,7 +54,7 @@ import enum
 import lzma
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +67,7 @@ except ImportError:  # pragma: no cover
 from onnxopt.packing import groups, huffman, rans
 from onnxopt.packing.entropy import counts, entropy_bits, plane_histograms
 from onnxopt.packing.format import LIMITS, CorruptPackError, Limits, Reader, write_uvarint
-from onnxopt.packing.lanes import EncodedStream, LaneStream
+from onnxopt.packing.lanes import EncodedStream, LaneStream, interleave_words, out_extent
 from onnxopt.packing.planes import split_planes
 
 
@@ -74,6 +81,7 @@ class Codec(enum.IntEnum):
     SLICE = 6
     GROUPS = 7
     BROTLI = 8
+    CHUNKS = 9
 
 
 class PlaneCodec(enum.IntEnum):
@@ -124,10 +132,16 @@ class PackOptions:
     #: the LZ codecs over rows in group order are tried up to this payload size (brotli-11 packs
     #: about 0.4 MB/s)
     group_lz_max_bytes: int = 1 << 22
+    #: tensors larger than this are coded as independent chunks (Codec.CHUNKS) ...
+    chunk_min_bytes: int = 24 << 20
+    #: ... of about this many bytes each (bounds the memory of codec trials and of held output)
+    chunk_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= LIMITS.max_steps:
             raise ValueError(f"max_steps must be in 1..{LIMITS.max_steps} (readers refuse longer streams)")
+        if not 1 <= self.chunk_bytes <= self.chunk_min_bytes:
+            raise ValueError("chunk_bytes must be in 1..chunk_min_bytes")
 
     @staticmethod
     def from_codecs(codecs: Iterable[str] | None) -> PackOptions:
@@ -151,12 +165,13 @@ class Coded:
     huffman: list[EncodedStream] = field(default_factory=list)
     label: str = ""
     hists: list[np.ndarray] | None = None  # byte-plane histograms of the data, when computed
+    stream: int = 0  # CHUNKS: bytes already written to the file's stream section (bulk and words)
 
     @property
     def size(self) -> int:
         """Bytes it occupies (meta counted uncompressed)."""
         words = sum(s.word_bytes for s in self.rans) + sum(s.word_bytes for s in self.huffman)
-        return len(self.meta) + len(self.bulk) + words
+        return len(self.meta) + len(self.bulk) + words + self.stream
 
 
 # --------------------------------------------------------------------------- encoding
@@ -394,7 +409,7 @@ def choose(
                 continue
             size = len(_lz(name, sample, options)[1])
             if name == "zlib":
-                zlib_ratio = size / target
+                zlib_ratio = size / max(target, 1e-9)
             # brotli adapts as it goes: on 1-byte data a sample within 1% of the best may still win
             if size < target * (1.02 if name == "brotli" and itemsize == 1 else 1.0):
                 kept.append(name)
@@ -412,6 +427,98 @@ def choose(
             best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
     best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
     return best
+
+
+def chunk_spans(size: int, itemsize: int, shape: Sequence[int] | None, chunk_bytes: int
+                ) -> list[tuple[int, int, list[int] | None]]:
+    """(start, end, shape of the chunk) for :func:`code_chunks`: whole rows of the first axis when
+    a row fits in a chunk (so row groups still see output channels), else element-aligned slices."""
+    count = max(1, -(-size // chunk_bytes))
+    dims = [int(d) for d in shape] if shape is not None else []
+    if len(dims) >= 2 and all(d > 0 for d in dims) and math.prod(dims) * itemsize == size and dims[0] >= count:
+        row = size // dims[0]
+        per = -(-dims[0] // count)
+        return [(r * row, min(dims[0], r + per) * row, [min(dims[0], r + per) - r, *dims[1:]])
+                for r in range(0, dims[0], per)]
+    per_chunk = -(-size // count)
+    step = -(-per_chunk // itemsize) * itemsize
+    return [(start, min(size, start + step), None) for start in range(0, size, step)]
+
+
+def code_chunks(data: bytes | memoryview, itemsize: int, options: PackOptions, shape: Sequence[int] | None,
+                emit: Callable[[bytes], None]) -> Coded:
+    """Code a large payload as independent chunks (Codec.CHUNKS), handing each chunk's bytes to
+    ``emit`` as soon as it is coded; the returned Coded keeps only the metadata."""
+    view = memoryview(data).cast("B")
+    if itemsize < 1 or len(view) % itemsize:
+        itemsize = 1
+    spans = chunk_spans(len(view), itemsize, shape, options.chunk_bytes)
+    meta = bytearray()
+    write_uvarint(meta, len(spans))
+    hists: list[np.ndarray] | None = None
+    labels: dict[str, int] = {}
+    written = 0
+    for start, end, chunk_shape in spans:
+        part = bytes(view[start:end])
+        coded = choose(part, itemsize, options, shape=chunk_shape)
+        rans_words = interleave_words(coded.rans, np.uint16).astype("<u2").tobytes()
+        huff_words = interleave_words(coded.huffman, np.uint32).astype("<u4").tobytes()
+        write_uvarint(meta, len(part))
+        meta.append(coded.codec)
+        write_uvarint(meta, len(coded.meta))
+        meta += coded.meta
+        write_uvarint(meta, len(coded.bulk))
+        write_uvarint(meta, len(rans_words) // 2)
+        write_uvarint(meta, len(huff_words) // 4)
+        meta += zlib.crc32(part).to_bytes(4, "little")
+        for blob in (coded.bulk, rans_words, huff_words):
+            if blob:
+                emit(bytes(blob))
+                written += len(blob)
+        if coded.hists is not None:
+            hists = coded.hists if hists is None else [a + b for a, b in zip(hists, coded.hists)]
+        labels[coded.label] = labels.get(coded.label, 0) + end - start
+        del part, coded
+    label = max(labels, key=labels.get) if labels else "raw"
+    return Coded(Codec.CHUNKS, bytes(meta), label=f"chunks[{len(spans)}]:{label}", hists=hists, stream=written)
+
+
+def _parse_chunks(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
+    """Decode every chunk of a CHUNKS payload (each alone: its words are its own) into one buffer."""
+    count = r.uvarint(max(1, raw_len), "chunk count")
+    entries = []
+    covered = pos = 0
+    for k in range(count):
+        size = r.uvarint(raw_len - covered, "chunk size")
+        codec = r.u8()
+        if codec in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.CHUNKS) or size == 0:
+            raise CorruptPackError(f"{what}: malformed chunk {k}")
+        meta = r.take(r.uvarint(r.remaining, "chunk metadata size"))
+        lengths = [r.uvarint(len(bulk) - pos, "chunk payload size")]
+        lengths.append(r.uvarint((len(bulk) - pos - lengths[0]) // 2, "chunk rANS words"))
+        lengths.append(r.uvarint((len(bulk) - pos - lengths[0] - 2 * lengths[1]) // 4, "chunk Huffman words"))
+        crc = r.u32()
+        entries.append((size, codec, meta, pos, *lengths, crc))
+        covered += size
+        pos += lengths[0] + 2 * lengths[1] + 4 * lengths[2]
+    r.done()
+    if covered != raw_len or pos != len(bulk):
+        raise CorruptPackError(f"{what}: chunks do not add up to the tensor ({covered} of {raw_len} bytes)")
+    pieces = []
+    for k, (size, codec, meta, start, nbulk, nrans, nhuff, crc) in enumerate(entries):
+        piece = f"{what} (chunk {k})"
+        words_at = start + nbulk
+        parsed = parse_payload(codec, meta, bulk[start:words_at], size, piece, limits)
+        if sum(s.nwords for s in parsed.rans) != nrans or sum(s.nwords for s in parsed.huffman) != nhuff:
+            raise CorruptPackError(f"{piece}: word counts do not match its streams")
+        rans_words = np.frombuffer(bulk[words_at : words_at + 2 * nrans], dtype="<u2")
+        huff_words = np.frombuffer(bulk[words_at + 2 * nrans : words_at + 2 * nrans + 4 * nhuff], dtype="<u4")
+        decoded = decode_parsed(parsed, rans_words, huff_words, size)
+        if zlib.crc32(decoded) != crc:
+            raise CorruptPackError(f"{piece}: checksum mismatch after decoding")
+        pieces.append(decoded)
+        del decoded, parsed
+    return Parsed(data=b"".join(pieces), extent=0)
 
 
 _LZ_CODECS = {"zlib": Codec.ZLIB, "lzma": Codec.LZMA, "brotli": Codec.BROTLI}
@@ -516,13 +623,15 @@ def parse_payload(
     if kind is Codec.BUNDLE:
         total = r.uvarint(limits.max_tensor_bytes, "bundle size")
         inner = r.u8()
-        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE) or total < raw_len:
+        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.CHUNKS) or total < raw_len:
             raise CorruptPackError(f"{what}: malformed bundle")
         parsed = parse_payload(inner, r.take(r.remaining), bulk, total, what, limits)
         parsed.bundle_len = total
         return parsed
     if kind is Codec.GROUPS:
         return _parse_groups(r, bulk, raw_len, what, limits)
+    if kind is Codec.CHUNKS:
+        return _parse_chunks(r, bulk, raw_len, what, limits)
     return _parse_planes(r, bulk, raw_len, what, limits)
 
 
@@ -545,7 +654,7 @@ def _parse_groups(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
     parsed = Parsed(itemsize=itemsize, group_ids=ids, row_bytes=row_bytes, transposed=bool(flags & 1))
     if flags & 2:  # one payload of any plain codec holds the rows in group order
         inner = r.u8()
-        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.GROUPS):
+        if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.GROUPS, Codec.CHUNKS):
             raise CorruptPackError(f"{what}: malformed row groups")
         sub = parse_payload(inner, r.take(r.remaining), bulk, raw_len, what, limits)
         parsed.rans, parsed.huffman = sub.rans, sub.huffman
@@ -631,22 +740,26 @@ def fill_planes(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None:
             grid[first : first + fill.size, plane] = fill
 
 
-def decode_alone(coded: Coded, raw_len: int, limits: Limits) -> bytes:
-    """Decode one coded payload by itself (the container decodes all tensors' streams together)."""
-    from onnxopt.packing.lanes import interleave_words
-
-    parsed = parse_payload(coded.codec, memoryview(coded.meta), memoryview(coded.bulk), raw_len, "payload", limits)
+def decode_parsed(parsed: Parsed, rans_words: np.ndarray, huff_words: np.ndarray, size: int) -> bytes:
+    """Decode one parsed payload whose streams' words are ``rans_words`` / ``huff_words`` (its own)."""
     if parsed.data is not None:
         return parsed.data
-    size = parsed.bundle_len if parsed.bundle_len >= 0 else raw_len
-    out = np.zeros(max(parsed.extent, size), dtype=np.uint8)
+    out = np.zeros(max(parsed.extent, size, out_extent(parsed.rans + parsed.huffman)), dtype=np.uint8)
     fill_planes(parsed, out, 0, size)
-    if not rans.decode_batch(parsed.rans, interleave_words(coded.rans, np.uint16), out):
+    if not rans.decode_batch(parsed.rans, rans_words, out):
         raise CorruptPackError("inconsistent rANS data")
-    if not huffman.decode_batch(parsed.huffman, interleave_words(coded.huffman, np.uint32), out):
+    if not huffman.decode_batch(parsed.huffman, huff_words, out):
         raise CorruptPackError("inconsistent Huffman data")
     place_carries(parsed, out, 0, size)
-    return assemble(parsed, out, 0, size)[:raw_len]
+    return assemble(parsed, out, 0, size)
+
+
+def decode_alone(coded: Coded, raw_len: int, limits: Limits) -> bytes:
+    """Decode one coded payload by itself (the container decodes all tensors' streams together)."""
+    parsed = parse_payload(coded.codec, memoryview(coded.meta), memoryview(coded.bulk), raw_len, "payload", limits)
+    size = parsed.bundle_len if parsed.bundle_len >= 0 else raw_len
+    words = interleave_words(coded.rans, np.uint16), interleave_words(coded.huffman, np.uint32)
+    return decode_parsed(parsed, *words, size)[:raw_len]
 
 
 def assemble(parsed: Parsed, out: np.ndarray, base: int, size: int) -> bytes:

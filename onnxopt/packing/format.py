@@ -5,6 +5,8 @@ Layout (all integers little-endian)::
     magic      b"ONNXOPTPK"                      9 bytes
     version    u8                                FORMAT_VERSION
     header     struct HEADER (see below)         fixed size, ends with a CRC32 of everything before it
+    stream     the bulk of CHUNKS records (large tensors), in record order: written while packing,
+               before the index exists (the header is written last, over a placeholder)
     skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib, LZMA or brotli)
     index      compressed list of tensor records with their coder tables (see pack.py)
     payloads   the per-tensor bulk bytes, concatenated in record order (see codecs.py)
@@ -27,11 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"ONNXOPTPK"
-FORMAT_VERSION = 2  # 2: index records without data type and shape (the skeleton's)
+FORMAT_VERSION = 3  # 2: index records without data type and shape (the skeleton's); 3: stream section
 
 #: flags u8, records u32, skeleton (u8 codecs: skeleton | index << 4, raw u64, packed u64, crc u32),
-#: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64
-HEADER = struct.Struct("<BIBQQIQQIQQQ")
+#: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64,
+#: stream section bytes u64
+HEADER = struct.Struct("<BIBQQIQQIQQQQ")
 HEADER_CRC = struct.Struct("<I")
 PREFIX_SIZE = len(MAGIC) + 1 + HEADER.size + HEADER_CRC.size
 
@@ -170,6 +173,7 @@ class Header:
     rans_words: int = 0
     huffman_words: int = 0
     flags: int = 0
+    stream_bytes: int = 0
 
     @property
     def words_bytes(self) -> int:
@@ -189,6 +193,7 @@ class Header:
             self.payload_bytes,
             self.rans_words,
             self.huffman_words,
+            self.stream_bytes,
         )
         return body + HEADER_CRC.pack(zlib.crc32(body))
 
@@ -224,6 +229,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
         payload_bytes=fields[9],
         rans_words=fields[10],
         huffman_words=fields[11],
+        stream_bytes=fields[12],
     )
     if head.flags != 0:
         raise CorruptPackError(f"unknown header flags {head.flags:#x}")
@@ -236,7 +242,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     if head.index_raw > limits.max_index_bytes:
         raise CorruptPackError(f"header declares a {head.index_raw}-byte tensor index (too large)")
     body_len = len(data) - PREFIX_SIZE
-    declared = head.skeleton_packed + head.index_packed + head.payload_bytes + head.words_bytes
+    declared = head.stream_bytes + head.skeleton_packed + head.index_packed + head.payload_bytes + head.words_bytes
     if declared != body_len:
         what = "truncated" if declared > body_len else "has trailing bytes"
         raise CorruptPackError(f"file {what}: header declares {declared} bytes of sections, file has {body_len}")

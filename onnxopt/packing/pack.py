@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import lzma
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -42,6 +44,7 @@ from onnxopt.packing.codecs import (
     _brotli,
     assemble,
     choose,
+    code_chunks,
     fill_planes,
     parse_payload,
     place_carries,
@@ -94,16 +97,22 @@ class TensorReport:
 
 @dataclass
 class PackResult:
-    """A packed file (as the consecutive ``parts`` it is written from) and its report."""
+    """A packed file (as the consecutive ``parts`` it is written from) and its report.
+
+    When :func:`pack_model` wrote the file itself (``out=``), ``parts`` is empty.
+    """
 
     parts: list[bytes]
     tensors: list[TensorReport] = field(default_factory=list)
     skeleton_bytes: int = 0  # compressed model structure
     index_bytes: int = 0  # compressed tensor records
+    file_bytes: int = 0
 
     @property
     def data(self) -> bytes:
         """The whole file in one buffer (a copy of every part: write ``parts`` instead when saving)."""
+        if not self.parts and self.file_bytes:
+            raise ValueError("this packed model was written to a file, not kept in memory")
         return b"".join(self.parts)
 
     @property
@@ -121,10 +130,6 @@ class PackResult:
     @property
     def byte_entropy_bound_bytes(self) -> float:
         return sum(t.byte_entropy_bound_bytes for t in self.tensors)
-
-    @property
-    def file_bytes(self) -> int:
-        return sum(len(p) for p in self.parts)
 
     @property
     def tensor_bytes_in_file(self) -> int:
@@ -150,12 +155,19 @@ class PackResult:
 
 
 def pack_model(
-    model: onnx.ModelProto, *, codecs: Sequence[str] | None = None, options: PackOptions | None = None
+    model: onnx.ModelProto,
+    *,
+    codecs: Sequence[str] | None = None,
+    options: PackOptions | None = None,
+    out: BinaryIO | None = None,
 ) -> PackResult:
     """Pack ``model`` (weights loaded in memory) into the packed format; ``model`` is not modified.
 
     ``codecs`` limits the codecs tried (names from :data:`codecs.CODEC_NAMES`; raw is always the
     fallback). Raises :class:`onnxopt.errors.BadModelError` for tensors whose data is still external.
+    With ``out`` (a seekable binary file at the position the packed file starts), the file is written
+    there as it is produced: large tensors' chunks go out as soon as they are coded and nothing of
+    them is held (the header is written last); otherwise the result holds the file as ``parts``.
     """
     from onnxopt.errors import BadModelError, UsageError
 
@@ -166,6 +178,20 @@ def pack_model(
             raise UsageError(str(exc)) from None
     skeleton, borrowed = _skeleton_of(model)
     tensors = list(walk_tensors(skeleton))
+    stream_parts: list[bytes] = []
+    stream_bytes = 0
+    if out is not None:
+        start = out.tell()
+        out.write(bytes(PREFIX_SIZE))  # the header's place; written once the sections are known
+
+    def emit(part: bytes) -> None:
+        nonlocal stream_bytes
+        stream_bytes += len(part)
+        if out is not None:
+            out.write(part)
+        else:
+            stream_parts.append(part)
+
     # one tensor at a time: take its bytes, find an identical earlier payload (stored once) or code it;
     # only payloads small enough to be bundled keep their bytes afterwards (others: length and CRC)
     taken: dict[int, Payload] = {}
@@ -193,7 +219,9 @@ def pack_model(
                 refs[i] = seen[key]
             else:
                 seen[key] = i
-        if i not in refs:
+        if i not in refs and len(p.data) > options.chunk_min_bytes:
+            individual[i] = code_chunks(p.data, p.itemsize, options, t.dims, emit)
+        elif i not in refs:
             individual[i] = choose(p.data, p.itemsize, options, shape=t.dims)
         if len(p.data) > BUNDLE_MAX:
             p = Payload(p.kind, b"", p.itemsize, p.store)
@@ -242,7 +270,8 @@ def pack_model(
             size = coded.size
         rans_streams += coded.rans
         huff_streams += coded.huffman
-        payloads.append(coded.bulk)
+        if coded.codec != Codec.CHUNKS:  # (their bulk is in the stream section already)
+            payloads.append(coded.bulk)
         _write_record(index, p.kind, p.store, coded, raw_len[i], raw_crc[i])
         reports.append(
             TensorReport(
@@ -273,9 +302,22 @@ def pack_model(
         payload_bytes=sum(len(p) for p in payloads),
         rans_words=len(rans_words) // 2,
         huffman_words=len(huff_words) // 4,
+        stream_bytes=stream_bytes,
     )
-    parts = [header.pack(), skel, index_packed, *payloads, rans_words, huff_words]  # written in turn, never joined
-    result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed))
+    tail = [skel, index_packed, *payloads, rans_words, huff_words]  # written in turn, never joined
+    file_bytes = PREFIX_SIZE + stream_bytes + sum(len(p) for p in tail)
+    if out is not None:
+        for part in tail:
+            out.write(part)
+        end = out.tell()
+        out.seek(start)
+        out.write(header.pack())
+        out.seek(end)
+        parts = []
+    else:
+        parts = [header.pack(), *stream_parts, *tail]
+    result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed),
+                        file_bytes=file_bytes)
     log.info(
         "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
         len(reports),
@@ -284,6 +326,32 @@ def pack_model(
         result.entropy_bound_bytes,
         result.file_bytes,
     )
+    return result
+
+
+def pack_file(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    codecs: Sequence[str] | None = None,
+    options: PackOptions | None = None,
+) -> PackResult:
+    """Pack ``model`` straight into the file ``path`` (atomically: the old file or the new, whole).
+
+    Large tensors are written chunk by chunk as they are coded, so packing holds neither their
+    coded bytes nor the whole file in memory.
+    """
+    from onnxopt.errors import OutputError
+    from onnxopt.model import atomic_output
+
+    with atomic_output(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                result = pack_model(model, codecs=codecs, options=options, out=f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"{path}: write failed ({exc.strerror})") from None
     return result
 
 
@@ -331,7 +399,7 @@ def _write_record(index: bytearray, kind: Kind, store: int, coded: Coded, raw_le
     write_uvarint(index, raw_len)
     write_uvarint(index, len(coded.meta))
     index += coded.meta
-    write_uvarint(index, len(coded.bulk))
+    write_uvarint(index, len(coded.bulk) + coded.stream)
     index += raw_crc.to_bytes(4, "little")
 
 
@@ -425,7 +493,8 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
 
 def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     head = read_header(data, limits)
-    r = Reader(data, "packed file", pos=PREFIX_SIZE)
+    stream = Reader(data, "stream section", pos=PREFIX_SIZE, end=PREFIX_SIZE + head.stream_bytes)
+    r = Reader(data, "packed file", pos=PREFIX_SIZE + head.stream_bytes)
     skeleton_raw = _inflate(head.section_codecs & 15, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
     if zlib.crc32(skeleton_raw) != head.skeleton_crc:
         raise CorruptPackError("model skeleton checksum mismatch")
@@ -433,8 +502,10 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if zlib.crc32(index_raw) != head.index_crc:
         raise CorruptPackError("tensor index checksum mismatch")
     records = _read_index(index_raw, head.records, limits)
-    if sum(rec.packed_len for rec in records) != head.payload_bytes:
+    if sum(rec.packed_len for rec in records if rec.codec != Codec.CHUNKS) != head.payload_bytes:
         raise CorruptPackError("tensor records do not add up to the payload section")
+    if sum(rec.packed_len for rec in records if rec.codec == Codec.CHUNKS) != head.stream_bytes:
+        raise CorruptPackError("tensor records do not add up to the stream section")
     total = sum(rec.raw_len for rec in records)
     if total > limits.max_total_bytes:
         raise CorruptPackError(f"declares {total} bytes of tensor data (limit {limits.max_total_bytes})")
@@ -461,7 +532,8 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         what = f"tensor {t.name!r}"
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
-        p = parse_payload(rec.codec, rec.meta, r.take(rec.packed_len), rec.raw_len, what, limits)
+        bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
+        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits)
         if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
             raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
         if rec.codec == Codec.SLICE:  # the next bytes of that bundle
@@ -494,6 +566,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     rans_words = np.frombuffer(r.take(2 * head.rans_words), dtype="<u2")
     huff_words = np.frombuffer(r.take(4 * head.huffman_words), dtype="<u4")
     r.done()
+    stream.done()
     out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
     for rec, p, off in zip(records, parsed, offsets):
         if p is None or not (p.fills or p.segments):
