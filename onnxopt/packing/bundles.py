@@ -5,11 +5,14 @@ states and LZ warm-up, which can be a large share of their coded size. Concatena
 payloads of one itemsize and coding the concatenation once is often smaller, as ZipNN's whole-model
 byte grouping shows on tiny models. Whether to bundle, and up to which tensor size, is decided by
 trying a few size thresholds and keeping the plan with the smallest total; tensors stay separately
-addressable (a BUNDLE record plus SLICE records, each with its own checksum).
+addressable (a BUNDLE record plus SLICE records). One CRC32, in the BUNDLE record, covers the
+whole bundle: a SLICE record is only its tag and the bundle number, so a model of hundreds of tiny
+tensors does not pay four checksum bytes for each (a mismatch names every tensor of the bundle).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +20,10 @@ from onnxopt.packing.codecs import Coded
 
 #: candidate "small tensor" thresholds, in bytes
 THRESHOLDS = (1 << 10, 1 << 12, 1 << 14, 1 << 16)
-#: bytes a SLICE record costs (its index record exists anyway; the payload is the bundle number)
+#: index bytes a SLICE record costs (tag and bundle number) ...
 SLICE_COST = 2
+#: ... and a record of its own (tag, lengths, CRC32), or a BUNDLE record besides its coded data
+RECORD_COST = 8
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Bundle:
     offsets: list[int]
     coded: Coded
     total: int
+    crc: int = 0  # CRC32 of the whole bundle (all members' bytes)
 
 
 def plan_bundles(
@@ -55,10 +61,10 @@ def plan_bundles(
                 offsets.append(offsets[-1] + len(p))
             blob = b"".join(parts)
             coded = code(blob, itemsize)
-            alone = sum(individual[i].size for i in members)
-            gain = alone - (coded.size + SLICE_COST * len(members))
+            alone = sum(individual[i].size + RECORD_COST for i in members)
+            gain = alone - (coded.size + RECORD_COST + SLICE_COST * (len(members) - 1))
             if gain > best_gain:
-                best, best_gain = Bundle(members, offsets, coded, len(blob)), gain
+                best, best_gain = Bundle(members, offsets, coded, len(blob), zlib.crc32(blob)), gain
         if best is not None:
             bundles.append(best)
     return bundles

@@ -1,21 +1,27 @@
 """pack_model / unpack_model: a ModelProto to a packed file and back, bit-exactly.
 
-The index (compressed like the skeleton, zlib or LZMA) holds one record per walked TensorProto::
+The index (compressed like the skeleton, or stored) holds one record per walked TensorProto::
 
-    u8 kind (payload.Kind; NONE = nothing moved, the record ends here)
-    u8 store (integer storage type, for int fields) | u8 codec (codecs.Codec)
-    uvarint raw_len (decoded payload bytes)
-    uvarint meta_len | meta bytes (codec parameters, coder tables, lane states: see codecs.py)
-    uvarint bulk_len (bytes in the payload section)
-    u32 crc32 of the decoded payload
+    u8 tag: payload.Kind in bits 0-2 (NONE = nothing moved: the tag is 0 and the record ends here),
+        codecs.Codec in bits 3-6, bit 7 set when raw_len is given explicitly
+    u8 store (integer storage type), for the int fields only
+    uvarint raw_len (decoded payload bytes), only with bit 7: otherwise the skeleton's shape and
+        data type give it (payload.implied_len)
+    REF / SLICE: uvarint record / bundle number, and nothing else (no bulk; the bytes are checked
+        by the CRC of the record or bundle they come from)
+    others: uvarint meta_len | meta bytes (codec parameters, coder tables, lane states: see
+        codecs.py) | uvarint bulk_len (not for RAW, whose bulk is raw_len bytes) | u32 crc32 of the
+        decoded payload (BUNDLE: of the whole bundle, covering all its SLICE records)
 
 Keeping every table and lane state in the index lets one compressor squeeze the many similar
 tables of a model together. Records are matched to the skeleton's tensors by walk order; data type
 and shape are the skeleton's (format 1 repeated them in every record), and a payload that decodes to
-anything else than what the record's CRC32 says is refused.
+anything else than what its CRC32 says is refused.
 
-After the payload section come the shared word sections of the lockstep coders: all rANS words
-(u16) then all Huffman words (u32), each in the order the batch decoder reads them.
+Bulk sits in the payload section in record order, except that of CHUNKS records (large tensors),
+which is in the stream section before the skeleton. After the payload section come the shared word
+sections of the lockstep coders: all rANS words (u16) then all Huffman words (u32), each in the
+order the batch decoder reads them.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from onnxopt.packing.payload import (
     Payload,
     dtype_name,
     field_is_empty,
+    implied_len,
     raw_itemsize,
     restore_payload,
     take_payload,
@@ -247,6 +254,7 @@ def pack_model(
         if p is None:
             index.append(Kind.NONE)
             continue
+        bundle = None
         if i in refs:
             body = bytearray()
             write_uvarint(body, refs[i])
@@ -272,7 +280,8 @@ def pack_model(
         huff_streams += coded.huffman
         if coded.codec != Codec.CHUNKS:  # (their bulk is in the stream section already)
             payloads.append(coded.bulk)
-        _write_record(index, p.kind, p.store, coded, raw_len[i], raw_crc[i])
+        crc = bundle.crc if coded.codec == Codec.BUNDLE else raw_crc[i]
+        _write_record(index, t, p.kind, p.store, coded, raw_len[i], crc)
         reports.append(
             TensorReport(
                 name=t.name,
@@ -392,15 +401,28 @@ def _deflate_best(data: bytes) -> tuple[int, bytes]:
     return min(options, key=lambda o: len(o[1]))
 
 
-def _write_record(index: bytearray, kind: Kind, store: int, coded: Coded, raw_len: int, raw_crc: int) -> None:
-    index.append(kind)
-    index.append(store)
-    index.append(coded.codec)
-    write_uvarint(index, raw_len)
+#: record tag bits: kind in bits 0-2, codec in bits 3-6, and this flag when raw_len is written out
+EXPLICIT_LEN = 0x80
+INT_KINDS = (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA)
+
+
+def _write_record(
+    index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw_len: int, crc: int | None
+) -> None:
+    implied = implied_len(t, kind, store) == raw_len
+    index.append(kind | coded.codec << 3 | (0 if implied else EXPLICIT_LEN))
+    if kind in INT_KINDS:
+        index.append(store)
+    if not implied:
+        write_uvarint(index, raw_len)
+    if coded.codec in (Codec.REF, Codec.SLICE):  # meta is the record or bundle number; no bulk, no CRC
+        index += coded.meta
+        return
     write_uvarint(index, len(coded.meta))
     index += coded.meta
-    write_uvarint(index, len(coded.bulk) + coded.stream)
-    index += raw_crc.to_bytes(4, "little")
+    if coded.codec != Codec.RAW:
+        write_uvarint(index, len(coded.bulk) + coded.stream)
+    index += crc.to_bytes(4, "little")
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -414,7 +436,7 @@ class _Record:
     raw_len: int = 0
     meta: memoryview | None = None
     packed_len: int = 0
-    crc: int = 0
+    crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -448,24 +470,37 @@ def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
     return out
 
 
-def _read_index(raw: bytes, count: int, limits: Limits) -> list[_Record]:
+def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> list[_Record]:
     r = Reader(raw, "tensor index")
     records = []
-    for _ in range(count):
+    for t in tensors:
+        tag = r.u8()
         try:
-            kind = Kind(r.u8())
+            kind = Kind(tag & 7)
         except ValueError:
             raise CorruptPackError(f"tensor index: unknown payload kind in record {len(records)}") from None
         if kind is Kind.NONE:
+            if tag:
+                raise CorruptPackError(f"tensor index: malformed empty record {len(records)}")
             records.append(_Record(kind))
             continue
-        store = r.u8()
+        codec = tag >> 3 & 15
+        store = r.u8() if kind in INT_KINDS else 0
         if store >= len(STORE_TYPES):
             raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
-        codec = r.u8()
-        raw_len = r.uvarint(limits.max_tensor_bytes, "declared tensor size")
+        if tag & EXPLICIT_LEN:
+            raw_len = r.uvarint(limits.max_tensor_bytes, "declared tensor size")
+        else:
+            raw_len = implied_len(t, kind, store)
+            if raw_len is None or raw_len > limits.max_tensor_bytes:
+                raise CorruptPackError(f"tensor {t.name!r}: its shape gives no valid size ({list(t.dims)})")
+        if codec in (Codec.REF, Codec.SLICE):
+            start = r.pos
+            r.uvarint(len(tensors), "record number")
+            records.append(_Record(kind, store, codec, raw_len, r.buf[start : r.pos]))
+            continue
         meta = r.take(r.uvarint(r.remaining, "metadata size"))
-        packed_len = r.uvarint()
+        packed_len = raw_len if codec == Codec.RAW else r.uvarint()
         crc = r.u32()
         records.append(_Record(kind, store, codec, raw_len, meta, packed_len, crc))
     r.done()
@@ -501,7 +536,15 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
     if zlib.crc32(index_raw) != head.index_crc:
         raise CorruptPackError("tensor index checksum mismatch")
-    records = _read_index(index_raw, head.records, limits)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(skeleton_raw)
+    except DecodeError as exc:
+        raise CorruptPackError(f"model skeleton is not a ModelProto ({exc})") from None
+    tensors = list(walk_tensors(model))
+    if len(tensors) != head.records:
+        raise CorruptPackError(f"index has {head.records} records but the model has {len(tensors)} tensors")
+    records = _read_index(index_raw, tensors, limits)
     if sum(rec.packed_len for rec in records if rec.codec != Codec.CHUNKS) != head.payload_bytes:
         raise CorruptPackError("tensor records do not add up to the payload section")
     if sum(rec.packed_len for rec in records if rec.codec == Codec.CHUNKS) != head.stream_bytes:
@@ -509,14 +552,6 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     total = sum(rec.raw_len for rec in records)
     if total > limits.max_total_bytes:
         raise CorruptPackError(f"declares {total} bytes of tensor data (limit {limits.max_total_bytes})")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(skeleton_raw)
-    except DecodeError as exc:
-        raise CorruptPackError(f"model skeleton is not a ModelProto ({exc})") from None
-    tensors = list(walk_tensors(model))
-    if len(tensors) != len(records):
-        raise CorruptPackError(f"index has {len(records)} records but the model has {len(tensors)} tensors")
     # parse every payload (LZ codecs inflate here), lay out the output buffer
     parsed: list[Parsed | None] = []
     offsets: list[int] = []
@@ -524,6 +559,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     bundled = 0
     bundle_heads: list[int] = []
     cursors: list[int] = []
+    members: dict[int, list[str]] = {}  # bundle record -> names of the tensors it holds
     for i, (rec, t) in enumerate(zip(records, tensors)):
         if rec.kind is Kind.NONE:
             parsed.append(None)
@@ -542,7 +578,9 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             p.offset = cursors[p.ref]
             cursors[p.ref] += rec.raw_len
             p.ref = bundle_heads[p.ref]
+            members[p.ref].append(t.name)
         if p.bundle_len >= 0:
+            members[i] = [t.name]
             bundle_heads.append(i)
             cursors.append(rec.raw_len)
             bundled += p.bundle_len
@@ -599,7 +637,13 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
                 payload = full
         decoded.append(payload)
         t = tensors[i]
-        if zlib.crc32(payload) != rec.crc:
+        if i in members:  # one CRC for the whole bundle
+            if zlib.crc32(bundles[i]) != rec.crc:
+                names = ", ".join(repr(n) for n in members[i][:8]) + (", ..." if len(members[i]) > 8 else "")
+                raise CorruptPackError(
+                    f"checksum mismatch after decoding the bundle of {len(members[i])} tensors {names}"
+                )
+        elif rec.crc is not None and zlib.crc32(payload) != rec.crc:
             raise CorruptPackError(f"tensor {t.name!r}: checksum mismatch after decoding")
         try:
             restore_payload(t, rec.kind, rec.store, payload)

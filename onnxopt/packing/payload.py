@@ -68,6 +68,33 @@ _ITEMSIZE = {
 }
 
 
+#: bytes per element of raw_data, for the types whose raw_data is exactly elements x this
+_ELEMENT_BYTES = {**_ITEMSIZE, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16}
+
+
+def implied_len(t: TensorProto, kind: Kind, store: int) -> int | None:
+    """The payload length that ``t``'s shape and type give for ``kind`` (None if they give none).
+
+    The index leaves a length out when it equals this (nearly always), so a record costs less.
+    """
+    count = 1
+    for d in t.dims:
+        if d < 0:
+            return None
+        count *= d
+    if kind is Kind.RAW_DATA:
+        size = _ELEMENT_BYTES.get(t.data_type)
+    elif kind is Kind.FLOAT_DATA:
+        size = 8 if t.data_type == TensorProto.COMPLEX64 else 4
+    elif kind is Kind.DOUBLE_DATA:
+        size = 16 if t.data_type == TensorProto.COMPLEX128 else 8
+    elif kind in (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA) and 0 <= store < len(STORE_TYPES):
+        size = np.dtype(STORE_TYPES[store]).itemsize
+    else:
+        return None
+    return None if size is None else count * size
+
+
 def raw_itemsize(data_type: int) -> int:
     """Bytes per element of ``raw_data`` for byte grouping (1 for 8-bit, sub-byte and unknown types)."""
     return _ITEMSIZE.get(data_type, 1)
