@@ -160,6 +160,13 @@ def choose_fastest(
 # ----------------------------------------------------------------------------- mixed precision
 
 
+#: mixed precision's top-1 target when the pass is given none: on outputs that hold class scores
+#: (``validate.class_probabilities``; near-ties agree) 99% of the rows keep their class. Other outputs
+#: have no top-1, so the criterion only binds classifiers (and per-step classifiers such as a CTC
+#: recognizer's character probabilities)
+CLASSIFIER_TOP1 = 0.99
+
+
 @dataclass
 class Budget:
     min_sqnr: float | None = None

@@ -58,8 +58,8 @@ from .quant_graph import (
     name_nodes,
 )
 from .quant_prep import prepare
-from .quant_select import Budget as MPBudget
 from .quant_select import (
+    CLASSIFIER_TOP1,
     Candidate,
     choose_fastest,
     kernel_aliases,
@@ -70,6 +70,7 @@ from .quant_select import (
     speed_candidates,
     tensor_shapes,
 )
+from .quant_select import Budget as MPBudget
 from .quant_speed import compute_kernel_times, interleaved_latency, kernel_counts
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class QuantizeInt8(Pass):
       equalize          cross-layer equalization of consecutive Convs (depthwise-separable nets)
       bias_correction   sequential empirical bias correction of every int8 Conv/Gemm
       min_sqnr, min_cosine, min_top1   fidelity budget for automatic mixed precision (defaults: the
-                        run's own default budget, 20 dB and 0.99; None switches a criterion off)
+                        run's own default budget, 20 dB and 0.99; None switches a criterion off, except
+                        min_top1: None is 0.99 top-1 agreement on class-score outputs, 0 switches it off)
       mp_budget_s       time allowed for the per-layer sensitivity measurements
       min_macs          compute nodes below this many MACs (and under 2% of the model's) stay float
       tables            store constant embedding tables read by Gather as uint8
@@ -433,8 +435,8 @@ class QuantizeInt8(Pass):
         held_sqnr = None
 
         # mixed precision: fewest layers back in float to meet the fidelity budget
-        budget = MPBudget(None if self.min_sqnr is None else self.min_sqnr + MP_MARGIN_DB, self.min_cosine,
-                          self.min_top1)
+        top1 = CLASSIFIER_TOP1 if self.min_top1 is None else self.min_top1 or None
+        budget = MPBudget(None if self.min_sqnr is None else self.min_sqnr + MP_MARGIN_DB, self.min_cosine, top1)
         if budget.active and held:
             refs = _outputs(prepared, held)
             quick_feeds = held[:2]
@@ -451,7 +453,7 @@ class QuantizeInt8(Pass):
                 evaluate, layers, chosen_float, budget,
                 solo_evaluate=lambda fl: evaluate(fl, quick_feeds, quick_refs, quick_feeds if bc_feeds else None),
                 deadline=time.perf_counter() + self.mp_budget_s, cost={n: c.macs for n, c in costs.items()})
-            mp["budget"] = {"min_sqnr_db": self.min_sqnr, "min_cosine": self.min_cosine, "min_top1": self.min_top1,
+            mp["budget"] = {"min_sqnr_db": self.min_sqnr, "min_cosine": self.min_cosine, "min_top1": top1,
                             "sqnr_margin_db": MP_MARGIN_DB if self.min_sqnr is not None else None,
                             "samples": len(held), "data": "calibration samples"}
             mp["float_layers"] = sorted(chosen_float - before)

@@ -34,7 +34,8 @@ def _quantize(model, tmp_path, **opts):
     opts.setdefault("speed_guard", False)
     opts.setdefault("min_sqnr", None)
     opts.setdefault("min_cosine", None)
-    calib = _calib(model, tmp_path / "calib.npz")
+    opts.setdefault("min_top1", 0)  # 0: off (None is the pass's default, 0.99 on class-score outputs)
+    calib = _calib(model, tmp_path / "calib.npz", n=opts.pop("calibration_count", 10))
     res = onnxopt.optimize(model, passes=[QuantizeInt8(**opts)], calibration=calib, validate="off")
     return res.model, res.report.passes[0]
 
@@ -588,3 +589,88 @@ def test_registered_with_cli_name():
     assert "quantize-int8" in builtin_passes()
     p = make_pass("quantize-int8", method="mse", per_channel=False)
     assert p.method == "mse" and not p.per_channel
+
+
+# --------------------------------------------------------------------------- top-1 on class scores
+
+
+def test_top1_only_on_outputs_that_hold_class_scores():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (6, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    noisy = np.roll(probs, 1, axis=-1)  # every argmax moves
+    ref = {"probs": probs.astype(np.float32), "logprobs": np.log(probs).astype(np.float32),
+           "pixels": probs.reshape(1, 2, 3, 5).astype(np.float32),  # per-pixel softmax over the last axis
+           "logits": logits.astype(np.float32), "boxes": rng.uniform(0, 1, (6, 4)).astype(np.float32),
+           "hidden": rng.normal(0, 1, (1, 6, 8)).astype(np.float32), "vad": np.full((1, 1), 0.7, np.float32)}
+    out = {"probs": noisy.astype(np.float32), "logprobs": np.log(noisy).astype(np.float32),
+           "pixels": noisy.reshape(1, 2, 3, 5).astype(np.float32), "logits": np.roll(logits, 1, -1).astype(np.float32),
+           "boxes": np.roll(ref["boxes"], 1, -1), "hidden": np.roll(ref["hidden"], 1, -1), "vad": ref["vad"]}
+    m = compare_outputs([ref], [out])
+    for name in ("probs", "logprobs", "pixels"):
+        assert m[name].top1 is not None and m[name].top1_strict == 0.0, name
+    for name in ("logits", "boxes", "hidden", "vad"):  # argmax over these means nothing: no top-1
+        assert m[name].top1 is None and m[name].top1_strict is None, name
+    assert summarize({"boxes": m["boxes"]}).get("min_top1") is None
+    # an output is class scores only if every sample's reference is: one non-distribution sample -> none
+    m2 = compare_outputs([ref, {**ref, "probs": ref["probs"] * 2}], [out, out])
+    assert m2["probs"].top1 is None
+
+
+def test_top1_near_ties_agree():
+    ref = np.array([[0.31, 0.27, 0.22, 0.20], [0.60, 0.30, 0.05, 0.05], [0.5, 0.5, 0.0, 0.0]], np.float32)
+    out = np.array([[0.27, 0.31, 0.22, 0.20], [0.30, 0.60, 0.05, 0.05], [0.49, 0.51, 0.0, 0.0]], np.float32)
+    m = compare_outputs([{"y": ref}], [{"y": out}])["y"]
+    assert m.top1_strict == pytest.approx(0.0)
+    assert m.top1 == pytest.approx(2 / 3)  # rows 0 and 2: the reference does not decide between the two
+    s = summarize({"y": m})
+    assert s["min_top1"] == pytest.approx(2 / 3) and s["min_top1_strict"] == 0.0
+
+
+def _classifier(feeds_seeds=range(100, 110)) -> onnx.ModelProto:
+    """conv 3->16 -> Relu -> conv 16->16 -> Relu -> GlobalAveragePool -> Gemm 16->4 -> Softmax, whose
+    head scores how each sample's pooled features differ from their mean over ``feeds_seeds``: small
+    differences, scaled up, so int8 noise in the features moves classes (a sensitive classifier)."""
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(0, 0.4, (16, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.2, (16, 16, 3, 3)).astype(np.float32)
+    wg = rng.normal(0, 1.0, (4, 16)).astype(np.float32)
+
+    def build(wg, bg):
+        inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (wg, "wg"), (bg, "bg"),
+                                                              (np.array([1, 16], np.int64), "shape"))]
+        nodes = [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+            helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+            helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+            helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+            helper.make_node("Reshape", ["p", "shape"], ["f"], name="flat"),
+            helper.make_node("Gemm", ["f", "wg", "bg"], ["logits"], transB=1, name="head"),
+            helper.make_node("Softmax", ["logits"], ["prob"], axis=-1, name="softmax"),
+        ]
+        g = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 48, 48])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    plain = build(wg, np.zeros(4, np.float32))
+    feeds = [fixtures.random_feeds(plain, seed=s) for s in feeds_seeds]
+    f = np.concatenate([o["f"] for o in OrtRunner(plain, extra_outputs=["f"]).run_all(feeds)])
+    mean = f.mean(0)
+    scale = np.float32(10.0 / ((f - mean) @ wg.T).std())
+    return build(wg * scale, (-(wg * scale) @ mean).astype(np.float32))
+
+
+def test_mixed_precision_keeps_classifier_top1(tmp_path):
+    model = _classifier(range(100, 124))
+    feeds = [fixtures.random_feeds(model, seed=100 + i) for i in range(24)]  # the calibration samples
+    ref = OrtRunner(model).run_all(feeds)
+    q0, e0 = _quantize(model, tmp_path, min_macs=0, calibration_count=24)  # top-1 criterion off
+    assert "mixed_precision" not in e0.stats
+    base = summarize(compare_outputs(ref, OrtRunner(q0).run_all(feeds)))
+    assert base["min_top1"] < 0.99  # all int8 flips classes on this sharp head
+    q, entry = _quantize(model, tmp_path, min_macs=0, min_top1=None, calibration_count=24)  # the default: 0.99
+    mp = entry.stats["mixed_precision"]
+    assert mp["budget"]["min_top1"] == 0.99 and mp["met"] and mp["float_layers"]
+    assert all("min_top1" in r for r in mp["search"])
+    assert summarize(compare_outputs(ref, OrtRunner(q).run_all(feeds)))["min_top1"] >= 0.99
