@@ -13,9 +13,9 @@ inside the compressed index, where similar tables of many tensors compress toget
             (the *pool*), minus its last 2 bytes per rANS lane, which ride in the lanes' start
             states (see rans.encode); the decoder recomputes that split from the lane counts
     REF     uvarint index of an earlier record with the same payload / - (deduplication)
-    BUNDLE  uvarint bundle bytes, u8 inner codec, inner meta / inner bulk: small tensors of one
-            itemsize coded together (one set of tables for all); this record's data is the
-            bundle's first bytes
+    BUNDLE  u8 inner codec, inner meta / inner bulk: small tensors of one itemsize coded together
+            (one set of tables for all); this record's data is the bundle's first bytes, and the
+            bundle's size is the sum of its members' (this record and its SLICE records)
     SLICE   uvarint bundle number (0 = the file's first BUNDLE record) / -: a later member of a
             bundle, whose bytes follow the previous member's
     GROUPS  u8 itemsize, u8 flags (1: transposed), uvarint row bytes R, u8 group count K, the group
@@ -115,8 +115,11 @@ class PackOptions:
     lzma_preset: int = 9
     #: LZMA is tried only where zlib came within this factor of the best codec so far
     lzma_probe: float = 1.08
-    #: LZMA must beat the best other codec by this fraction (it unpacks several times slower)
+    #: LZMA must beat the best other codec by this fraction (it unpacks several times slower) ...
     lzma_margin: float = 0.02
+    #: ... on payloads larger than this (smaller ones unpack in microseconds whatever the codec);
+    #: up to here LZMA is also tried without literal context (lc=lp=pb=0)
+    lzma_small_bytes: int = 1 << 16
     brotli_quality: int = 11
     #: brotli is tried on multi-byte elements only where zlib came within this factor of the best
     brotli_probe: float = 1.03
@@ -181,9 +184,14 @@ def _lzma_filters(dict_log2: int) -> list[dict]:
     return [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << dict_log2}]
 
 
-def _lzma_encode(data: bytes, preset: int) -> tuple[bytes, bytes]:
+def _lzma_encode(data: bytes, preset: int, literal_context: bool = True) -> tuple[bytes, bytes]:
+    """Raw LZMA2; ``literal_context=False`` sets lc=lp=pb=0 (literals coded without the previous
+    byte's bits: an adaptive order-0 coder, better on small int8 data). LZMA2 carries lc/lp/pb in
+    its stream, so the decoder needs only the dictionary size."""
     dict_log2 = max(12, min(26, math.ceil(math.log2(max(len(data), 1)))))
     filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": 1 << dict_log2}]
+    if not literal_context:
+        filters[0].update(lc=0, lp=0, pb=0)
     return bytes([dict_log2]), lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
 
 
@@ -419,11 +427,16 @@ def choose(
         if skip(name, zlib_ratio):
             continue
         meta, bulk = _lz(name, data, options)
+        small = len(data) <= options.lzma_small_bytes
+        if name == "lzma" and small:
+            alt = _lzma_encode(data, options.lzma_preset, literal_context=False)
+            if len(alt[1]) < len(bulk):
+                meta, bulk = alt
         size = len(meta) + len(bulk)
         if name == "zlib":
             zlib_ratio = size / min(best.size, limit)
         # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
-        if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" else 0.0)):
+        if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" and not small else 0.0)):
             best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
     best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
     return best
@@ -557,9 +570,13 @@ class Parsed:
 
 
 def parse_payload(
-    codec: int, meta: memoryview, bulk: memoryview, raw_len: int, what: str, limits: Limits
+    codec: int, meta: memoryview, bulk: memoryview, raw_len: int, what: str, limits: Limits, bundle_len: int = -1
 ) -> Parsed:
-    """Check and parse one coded payload; zlib/LZMA streams are inflated here, bounded by ``raw_len``."""
+    """Check and parse one coded payload; zlib/LZMA streams are inflated here, bounded by ``raw_len``.
+
+    ``bundle_len``: for a BUNDLE, the bundle's decoded size (the sum of its members' sizes, which
+    the container knows from the index).
+    """
     try:
         kind = Codec(codec)
     except ValueError:
@@ -621,7 +638,7 @@ def parse_payload(
         Reader(bulk, what).done()
         return Parsed(ref=ref, extent=0)
     if kind is Codec.BUNDLE:
-        total = r.uvarint(limits.max_tensor_bytes, "bundle size")
+        total = bundle_len
         inner = r.u8()
         if inner in (Codec.REF, Codec.SLICE, Codec.BUNDLE, Codec.CHUNKS) or total < raw_len:
             raise CorruptPackError(f"{what}: malformed bundle")

@@ -264,7 +264,6 @@ def pack_model(
             bundle = member_of[i][0]
             body = bytearray()
             if i in head_of:
-                write_uvarint(body, bundle.total)
                 body.append(bundle.coded.codec)
                 body += bundle.coded.meta
                 coded = Coded(Codec.BUNDLE, bytes(body), bundle.coded.bulk, bundle.coded.rans, bundle.coded.huffman)
@@ -437,6 +436,7 @@ class _Record:
     meta: memoryview | None = None
     packed_len: int = 0
     crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
+    bundle_len: int = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -504,6 +504,22 @@ def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> 
         crc = r.u32()
         records.append(_Record(kind, store, codec, raw_len, meta, packed_len, crc))
     r.done()
+    heads = [rec for rec in records if rec.codec == Codec.BUNDLE and rec.kind is not Kind.NONE]
+    for rec in heads:
+        rec.bundle_len = rec.raw_len
+    seen = 0
+    for rec in records:
+        if rec.kind is Kind.NONE:
+            continue
+        if rec.codec == Codec.BUNDLE:
+            seen += 1
+        elif rec.codec == Codec.SLICE:
+            number = Reader(rec.meta, "tensor index").uvarint()
+            if number >= seen:
+                raise CorruptPackError(f"tensor index: slice of bundle {number} before that bundle")
+            heads[number].bundle_len += rec.raw_len
+            if heads[number].bundle_len > limits.max_tensor_bytes:
+                raise CorruptPackError("tensor index: a bundle exceeds the tensor size limit")
     return records
 
 
@@ -569,7 +585,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
         bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
-        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits)
+        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits, rec.bundle_len)
         if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
             raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
         if rec.codec == Codec.SLICE:  # the next bytes of that bundle
