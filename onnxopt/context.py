@@ -21,7 +21,9 @@ class PassContext:
     - ``validation_feeds``: feeds the manager validates with (do not calibrate on them);
     - ``calibration``: a callable yielding calibration feeds one at a time (streamed), or None;
     - ``seed``: for anything random; ``options``: free-form run options (e.g. fold size limit);
-    - ``cache``: analyses shared between passes; cleared whenever a pass modifies the graph.
+    - ``cache``: analyses shared between passes; cleared whenever a pass modifies the graph;
+    - ``model_releasable``: the manager keeps the model on disk for a rollback and holds no other
+      reference, so a pass with ``releases_input`` may drop ``model`` once it has its own copy.
     """
 
     model: onnx.ModelProto
@@ -32,6 +34,7 @@ class PassContext:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    model_releasable: bool = False
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])

@@ -26,6 +26,7 @@ from onnxopt.errors import OnnxOptError, PassError, ValidationError
 from onnxopt.feeds import ValidationSet
 from onnxopt.model import (
     check_model,
+    copy_fields,
     default_opset,
     load,
     node_count,
@@ -170,7 +171,7 @@ class PassManager:
         report: RunReport,
     ) -> tuple[onnx.ModelProto, list[Outputs] | None]:
         """Apply one pass to the model in ``box`` (taken out of it) and validate; returns the model to go on with."""
-        current = box.pop()
+        current: onnx.ModelProto | None = box.pop()
         entry = PassReport(
             name=p.name, kind=p.kind.value, status="unchanged", modified=False, seconds=0.0,
             nodes_before=node_count(current), nodes_after=node_count(current),
@@ -178,32 +179,61 @@ class PassManager:
         )
         report.passes.append(entry)
         log.info("pass %s ...", p.name)
+        # a pass that copies the weights (quantize-int8) may drop the model it starts from when that is
+        # large: the rollback snapshot goes to disk first and only the context refers to the model
+        handover: _Snapshot | None = None
+        if p.releases_input and entry.weight_bytes_before > SPILL_SNAPSHOT_BYTES:
+            handover = _Snapshot(current, spill=True)
+            if not handover.spilled:
+                handover = None
+        given = [current]
+        if handover is not None:
+            current = None
+
+        def start_model() -> onnx.ModelProto:
+            """The model the pass started from: still in memory, or read back from the snapshot."""
+            kept = current if current is not None else context.model
+            if handover is None:
+                return kept
+            try:
+                return kept if kept is not None else handover.take()
+            finally:
+                handover.drop()
+
         t0 = time.perf_counter()
         try:
-            candidate, result = self._apply(p, current, context)
+            candidate, result = self._apply(p, given, context, releasable=handover is not None)
         except OnnxOptError as exc:
             entry.seconds = time.perf_counter() - t0
-            return self._reject(p, entry, current, previous_outputs, f"error: {exc}", exc)
+            return self._reject(p, entry, start_model(), previous_outputs, f"error: {exc}", exc)
         except Exception as exc:  # a bug in a pass must not take the run down with it
             entry.seconds = time.perf_counter() - t0
             log.debug("pass %s raised", p.name, exc_info=True)
-            return self._reject(p, entry, current, previous_outputs,
+            return self._reject(p, entry, start_model(), previous_outputs,
                                 f"internal error: {type(exc).__name__}: {exc}", PassError(str(exc)))
+        finally:
+            context.model_releasable = False
         entry.seconds = time.perf_counter() - t0
         entry.stats = result.stats
         if not result.modified or candidate is None:
-            return current, previous_outputs
+            return start_model(), previous_outputs
         entry.modified = True
         entry.nodes_after = node_count(candidate)
         entry.weight_bytes_after = weight_bytes(candidate)
         if validation is None or self.validate != "each":
             entry.status = "applied" if validation is None or self.validate == "off" else "applied (unvalidated)"
             context.invalidate()
+            if handover is not None:
+                handover.drop()
             return candidate, previous_outputs
         t1 = time.perf_counter()
+        if handover is not None:
+            snapshot = handover
+        else:
+            snapshot = _Snapshot(context.model if current is None else current,
+                                 spill=weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES)
         context.model = None  # type: ignore[assignment]
-        snapshot = _Snapshot(current, spill=weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES)
-        del current  # a spilled snapshot gives onnxruntime the memory it held; a rollback reads it back
+        current = None  # a spilled snapshot gives onnxruntime the memory it held; a rollback reads it back
         if snapshot.spilled:
             gc.collect()  # the pass's graphsurgeon graph (a cycle) still refers to the snapshot's tensors
         try:
@@ -231,15 +261,20 @@ class PassManager:
         context.invalidate()
         return candidate, outputs
 
-    def _apply(self, p: Pass, current: onnx.ModelProto, context: PassContext
+    def _apply(self, p: Pass, given: list[onnx.ModelProto], context: PassContext, *, releasable: bool = False
                ) -> tuple[onnx.ModelProto | None, PassResult]:
-        base = current
-        if p.min_opset and default_opset(current) < p.min_opset:
-            base = upgrade_opset(current, p.min_opset)
+        """Run ``p`` on the model in ``given`` (taken out of it, so with ``releasable`` the context holds
+        the only reference) and export its graph; None when the pass changed nothing."""
+        base = given.pop()
+        if p.min_opset and default_opset(base) < p.min_opset:
+            base = upgrade_opset(base, p.min_opset)
         graph = to_graph(base, infer=p.needs_shapes)
         if p.min_opset and graph.opset < p.min_opset:
             graph.opset = p.min_opset
         context.model = base
+        context.model_releasable = releasable
+        like = copy_fields(base, onnx.ModelProto(), skip="graph")  # what to_model keeps of the model
+        del base
         with quiet_graphsurgeon():
             result = p.run(graph, context)
         if not isinstance(result, PassResult):
@@ -248,7 +283,7 @@ class PassManager:
             return None, result
         with quiet_graphsurgeon():
             graph.toposort(recurse_subgraphs=True)
-        candidate = to_model(graph, like=base)
+        candidate = to_model(graph, like=like)
         check_model(candidate, f"model after pass {p.name!r}")
         return candidate, result
 

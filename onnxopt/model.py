@@ -598,6 +598,12 @@ def to_graph(model: onnx.ModelProto, *, infer: bool = False) -> gs.Graph:
             graph = gs.import_onnx(model)
     except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
         raise BadModelError(f"cannot import model into onnx-graphsurgeon: {exc}") from None
+    # graphsurgeon keeps the model's own opset_import container (also in each subgraph and function):
+    # a view into the model's protobuf arena that would keep every weight of the model alive as long
+    # as the graph lives, even after a pass has replaced all of its tensors. Detached copies instead.
+    for g in [*gs_graphs(graph), *graph.functions]:
+        if getattr(g, "import_domains", None) is not None:
+            g.import_domains = [onnx.OperatorSetIdProto(domain=o.domain, version=o.version) for o in g.import_domains]
     if infer:
         _apply_inferred_types(graph, infer_types(model))
     return graph

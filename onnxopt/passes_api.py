@@ -57,6 +57,11 @@ class Pass(ABC):
     #: (None: the run's default budget). A pass whose loss is larger by nature (pruning without
     #: fine-tuning) declares a looser one here; the user's --min-* flags still override it.
     budget: Budget | None = None
+    #: the pass builds its own full copy of the weights early (quantize-int8). For a model above the
+    #: manager's spill size the rollback snapshot then goes to disk *before* the pass runs, and
+    #: ``context.model_releasable`` tells the pass it may drop the model it was given (set
+    #: ``context.model = None`` and stop referring to its tensors), so two copies are never held.
+    releases_input: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:

@@ -187,3 +187,65 @@ def test_spilled_snapshot_rolls_back_exactly(mlp, monkeypatch):
     x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
     np.testing.assert_array_equal(run_ort(res.model, {"x": x})[0], run_ort(mlp, {"x": x})[0])
     assert not any(t.data_location == 1 for t in res.model.graph.initializer)  # data back in memory
+
+
+class CopiesAndReleases(Pass):
+    """Builds its own copy of the model, drops the one it was given when allowed, then does ``then``."""
+
+    name = "copies-and-releases"
+    releases_input = True
+
+    def __init__(self, then: str, kind: Kind = Kind.LOSSY):
+        self.then = then
+        self.kind = kind  # type: ignore[misc]
+        self.was_releasable: bool | None = None
+
+    def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
+        from onnxopt.model import to_graph, to_model
+
+        self.was_releasable = context.model_releasable
+        if context.model_releasable:
+            copy = to_model(graph, like=context.model)
+            new = to_graph(copy)
+            graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
+            context.model = None
+        if self.then == "raise":
+            raise RuntimeError("boom after releasing")
+        if self.then == "unchanged":
+            return PassResult(False)
+        w = graph.tensors()["w2"]
+        w.values = np.asarray(w.values) * np.float32(-1.0)  # answers change: fails any budget
+        return PassResult(True)
+
+
+@pytest.mark.parametrize("then", ["raise", "unchanged", "wrong"])
+def test_released_input_comes_back_from_the_snapshot(mlp, monkeypatch, then):
+    """A pass that copies the weights may drop a large input; every way back yields the original model."""
+    import onnxopt.manager as manager
+
+    monkeypatch.setattr(manager, "SPILL_SNAPSHOT_BYTES", 0)
+    p = CopiesAndReleases(then)
+    res = onnxopt.optimize(mlp, passes=[p, "eliminate-identity"], keep_going=True)
+    assert p.was_releasable is True
+    first = res.report.passes[0]
+    assert first.status == {"raise": "rolled-back", "unchanged": "unchanged", "wrong": "rolled-back"}[then]
+    x = np.random.default_rng(2).standard_normal((1, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(res.model, {"x": x})[0], run_ort(mlp, {"x": x})[0])
+    assert not any(t.data_location == 1 for t in res.model.graph.initializer)
+
+
+def test_small_models_and_ordinary_passes_are_not_released(mlp, monkeypatch):
+    p = CopiesAndReleases("unchanged")
+    onnxopt.optimize(mlp, passes=[p])
+    assert p.was_releasable is False  # below the spill size the manager keeps its reference
+
+
+def test_released_input_with_validation_off(mlp, monkeypatch):
+    import onnxopt.manager as manager
+
+    monkeypatch.setattr(manager, "SPILL_SNAPSHOT_BYTES", 0)
+    p = CopiesAndReleases("wrong", kind=Kind.NUMERIC)
+    res = onnxopt.optimize(mlp, passes=[p], validate="off")
+    assert p.was_releasable is True and res.report.passes[0].status == "applied"
+    x = np.ones((1, 8), np.float32)
+    np.testing.assert_allclose(run_ort(res.model, {"x": x})[0], -run_ort(mlp, {"x": x})[0], rtol=1e-5, atol=1e-6)
