@@ -26,6 +26,7 @@ Steps (each reported in the stats):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -141,6 +142,7 @@ class QuantizeInt8(Pass):
     name = "quantize-int8"
     kind = Kind.LOSSY
     min_opset = 13
+    releases_input = True  # large models: the prepared copy replaces the model it was given
 
     def __init__(
         self,
@@ -295,6 +297,8 @@ class QuantizeInt8(Pass):
                                                 add_bias=self.bias_correction))
         counts["forced_float_by_range"] = sorted(forced)
         model = to_model(g, like=prepared)
+        del g, by_name
+        gc.collect()  # the graph is a cycle holding the quantized weights again: free it now, not later
         if correct_on:
             counts["bias_correction"] = correct_biases(model, prepared, layers, correct_on)
         return model, plan, counts
@@ -325,6 +329,14 @@ class QuantizeInt8(Pass):
                 means = {n: s.channel_abs_mean for n, s in cst.items() if s.channel_abs_mean is not None}
                 stats["equalization"] = equalize(graph, means)
                 prepared = to_model(graph, like=base)
+        if context.model_releasable:
+            # a large model: one copy of the weights, not two. The graph now reads the prepared model's
+            # tensors and the model the pass was given goes (the manager keeps it on disk); float
+            # timings then use the prepared model as the reference (the same weights after step 1)
+            _replace_graph(graph, to_graph(prepared, infer=True))
+            base = prepared
+            context.model = None
+            gc.collect()  # graphsurgeon graphs are cycles
         plan0, _ = self.plan(graph, float_nodes, float_ops, None)
         if not plan0.int8_nodes(COMPUTE_ROLES + ELEMENTWISE_ROLES):
             stats["reason"] = "no quantizable Conv/MatMul/Gemm in the main graph"
@@ -430,6 +442,7 @@ class QuantizeInt8(Pass):
             final_timing = {"fp32_ms": round(decision.fp32_seconds * 1e3, 3),
                             "int8_ms": round((best.seconds or 0.0) * 1e3, 3),
                             "ratio": round((best.seconds or 0.0) / decision.fp32_seconds, 3)}
+            del cands, best  # each holds a whole candidate model
 
         bc_feeds = held if self.bias_correction else None  # bias correction on the calibration samples
         held_sqnr = None
