@@ -199,6 +199,7 @@ class QuantizeInt8(Pass):
         self.mp_budget_s = float(mp_budget_s)
         self.min_macs = float(min_macs)
         self.tables = bool(tables)
+        self._ref_means: dict = {}  # float reference means for bias correction, one run's worth
 
     # ------------------------------------------------------------------ helpers
 
@@ -300,13 +301,14 @@ class QuantizeInt8(Pass):
         del g, by_name
         gc.collect()  # the graph is a cycle holding the quantized weights again: free it now, not later
         if correct_on:
-            counts["bias_correction"] = correct_biases(model, prepared, layers, correct_on)
+            counts["bias_correction"] = correct_biases(model, prepared, layers, correct_on, cache=self._ref_means)
         return model, plan, counts
 
     # ------------------------------------------------------------------ run
 
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
         t0 = time.perf_counter()
+        self._ref_means = {}
         stats: dict[str, Any] = {"method": self.method}
         if context.calibration is None:
             stats["synthetic_calibration"] = True

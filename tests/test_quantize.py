@@ -501,6 +501,26 @@ def test_bias_correction_removes_the_mean_shift(tmp_path):
     assert s1["min_sqnr_db"] > s0["min_sqnr_db"] - 1.0, (s0, s1)
 
 
+def test_bias_correction_on_cones_is_exact(tmp_path, monkeypatch):
+    """Each layer measured on the cone that computes it: the same biases as on the whole model."""
+    from onnxopt.passes import quant_bias
+
+    model = fixtures.get("residual_add")
+    q_cone, _ = _quantize(model, tmp_path, min_macs=0)
+    monkeypatch.setattr(quant_bias, "LARGE_MODEL_BYTES", -1)  # every model "large": whole-model runs
+    q_full, _ = _quantize(model, tmp_path, min_macs=0)
+    a, b = _inits(q_cone), _inits(q_full)
+    biases = [k for k, v in a.items() if v.dtype == np.int32]
+    assert biases and all(np.array_equal(a[k], b[k]) for k in biases)
+    # the cone of an early tensor holds its ancestors only and computes the same values
+    first = next(n for n in q_cone.graph.node if n.op_type == "Conv").output[0]
+    c = quant_bias.cone(q_cone, [first])
+    assert len(c.graph.node) < len(q_cone.graph.node) and len(c.graph.initializer) < len(q_cone.graph.initializer)
+    feed = fixtures.random_feeds(model, seed=3)
+    got = OrtRunner(c, extra_outputs=[first]).run(feed)[first]
+    assert np.array_equal(got, OrtRunner(q_cone, extra_outputs=[first]).run(feed)[first])
+
+
 # --------------------------------------------------------------------------- calibration
 
 
