@@ -129,9 +129,12 @@ def pipeline_from_args(args: argparse.Namespace) -> list:
     if args.quantize:
         opts: dict = {"method": args.calibrate_method} if args.calibrate_method else {}
         # the budget flags also steer the pass's mixed precision (which layers stay float)
+        # (0 switches a criterion off: None for SQNR/cosine; the pass reads min_top1=0 as off itself,
+        # since its None means the classifier default)
         for name in ("min_sqnr", "min_cosine", "min_top1"):
-            if getattr(args, name) is not None:
-                opts[name] = getattr(args, name) or None
+            value = getattr(args, name)
+            if value is not None:
+                opts[name] = value if name == "min_top1" else (value or None)
         pipeline.append(make_pass("quantize-int8", **opts))
     return pipeline
 

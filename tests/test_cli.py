@@ -192,6 +192,9 @@ def test_budget_flags_reach_quantization_and_validation(tmp_path):
     assert (quant.min_sqnr, quant.min_top1, quant.min_cosine) == (30.0, 0.95, 0.99)
     default = pipeline_from_args(build_parser().parse_args(["in.onnx", "out.onnx", "--quantize", "int8"]))[-1]
     assert (default.min_sqnr, default.min_top1) == (20.0, None)
+    off = pipeline_from_args(build_parser().parse_args(["in.onnx", "out.onnx", "--quantize", "int8",
+                                                        "--min-top1", "0", "--min-cosine", "0"]))[-1]
+    assert (off.min_top1, off.min_cosine) == (0.0, None)  # top-1 off (the pass's None is its 0.99 default)
 
 
 def test_min_sqnr_flag_fails_a_lossy_run_with_exit_1(capsys, tmp_path):
