@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibrate-method", choices=("minmax", "percentile", "entropy", "mse"),
                    help="activation range calibration for --quantize (default: the pass's own)")
     g.add_argument("--prune", type=float, metavar="R", help="remove fraction R of the channels (0 < R < 1)")
+    g.add_argument("--share-weights", type=int, metavar="BITS",
+                   help="lossy: store each large float weight as 2**BITS shared values (k-means; uint8 indices "
+                        "+ codebook, decoded by onnxruntime at load), 1 <= BITS <= 8")
     g.add_argument("--pack", action="store_true", help="write a packed model (lossless entropy-coded weights)")
     g.add_argument("--pack-codecs", metavar="LIST",
                    help="with --pack: codecs it may choose from, comma-separated (default: all of "
@@ -113,7 +116,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def pipeline_from_args(args: argparse.Namespace) -> list:
-    """--passes as given, else the default lossless pipeline followed by --prune and --quantize."""
+    """--passes as given, else the default lossless pipeline followed by --prune, --quantize, --share-weights."""
     from onnxopt.registry import default_pipeline, make_pass
 
     if args.passes is not None:
@@ -136,6 +139,8 @@ def pipeline_from_args(args: argparse.Namespace) -> list:
             if value is not None:
                 opts[name] = value if name == "min_top1" else (value or None)
         pipeline.append(make_pass("quantize-int8", **opts))
+    if args.share_weights is not None:
+        pipeline.append(make_pass("share-weights", bits=args.share_weights))
     return pipeline
 
 

@@ -22,6 +22,7 @@ BUILTIN_PASSES: list[type[Pass]] = [
     FuseLinear,
     __import__(f"{__name__}.prune_channels", fromlist=["PruneChannels"]).PruneChannels,
     __import__(f"{__name__}.quantize_int8", fromlist=["QuantizeInt8"]).QuantizeInt8,
+    __import__(f"{__name__}.share_weights", fromlist=["ShareWeights"]).ShareWeights,
 ]
 
 #: the lossless pipeline `python -m onnxopt IN OUT` runs

@@ -1,0 +1,153 @@
+"""share-weights: k-means weight sharing (Deep Compression, Han et al. 2016). LOSSY.
+
+Each large float weight of a Conv, ConvTranspose, Gemm or MatMul (and each embedding table read by
+Gather) is replaced by ``2**bits`` shared values: the tensor becomes a uint8 index tensor of the same
+shape and a codebook of at most ``2**bits`` values in the weight's own dtype, joined by
+``Gather(codebook, Cast(indices, int32))`` (Gather takes int32/int64 indices only) whose output keeps
+the weight's name. onnxruntime folds those two nodes when it loads the model, so inference runs the
+same float kernels as before (no speed change); the file stores 1 byte per weight instead of 4 (fp32)
+and, packed (``--pack``), close to ``bits`` bits.
+
+The codebook is a local optimum of 1-D k-means (Lloyd's iterations until no value changes cluster),
+started from values spread linearly between the tensor's min and max — Deep Compression found that
+start best, because it keeps the rare large weights that matter most. 1-D k-means is done on the
+sorted distinct values with prefix sums, so one iteration costs O(clusters x log(values)).
+
+Invariants: graph inputs, outputs and every tensor name stay as they were; a tensor with at most
+``2**bits`` distinct values is stored exactly (the pass is then lossless for it); biases, small
+tensors (< ``min_elements``) and weights that are not plain float initializers are left alone.
+The fidelity budget is the run's (cosine 0.99, 20 dB) unless ``--min-*`` flags say otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.context import PassContext
+from onnxopt.errors import UsageError
+from onnxopt.passes_api import Kind, Pass, PassResult
+
+log = logging.getLogger(__name__)
+
+#: op type -> input positions that hold weights worth sharing (not biases)
+WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
+FLOAT_DTYPES = (np.float32, np.float16)
+MAX_ITERATIONS = 100
+
+
+def kmeans_1d(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook (ascending) and uint8 indices of 1-D k-means over ``values`` (any shape).
+
+    Lloyd's iterations on the sorted distinct values weighted by their counts, from a linear start
+    between min and max; stops when no value changes cluster. Clusters that end up empty are dropped,
+    so the codebook may be shorter than ``clusters``; with at most ``clusters`` distinct values the
+    codebook is exactly those values.
+    """
+    flat = values.reshape(-1)
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    if len(uniq) <= clusters:
+        return uniq.astype(values.dtype), inverse.reshape(values.shape).astype(np.uint8)
+    x = uniq.astype(np.float64)
+    w = counts.astype(np.float64)
+    csum_w = np.concatenate([[0.0], np.cumsum(w)])
+    csum_wx = np.concatenate([[0.0], np.cumsum(w * x)])
+    centroids = np.linspace(x[0], x[-1], clusters)
+    edges = None
+    for _ in range(MAX_ITERATIONS):
+        # cluster j holds the distinct values in [edges[j], edges[j+1]) (midpoints between centroids)
+        new_edges = np.concatenate([[0], np.searchsorted(x, (centroids[:-1] + centroids[1:]) / 2), [len(x)]])
+        if edges is not None and np.array_equal(new_edges, edges):
+            break
+        edges = new_edges
+        weight = csum_w[edges[1:]] - csum_w[edges[:-1]]
+        total = csum_wx[edges[1:]] - csum_wx[edges[:-1]]
+        filled = weight > 0
+        centroids = np.where(filled, total / np.where(filled, weight, 1.0), centroids)
+    assert edges is not None
+    filled = (edges[1:] - edges[:-1]) > 0
+    codebook = centroids[filled]
+    cluster_of_uniq = np.repeat(np.arange(len(codebook)), (edges[1:] - edges[:-1])[filled])
+    indices = cluster_of_uniq[inverse].reshape(values.shape).astype(np.uint8)
+    return codebook.astype(values.dtype), indices
+
+
+def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
+    signal = float((ref * ref).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)
+
+
+class ShareWeights(Pass):
+    """Store each large float weight as ``2**bits`` shared values (uint8 indices + codebook + Gather)."""
+
+    name = "share-weights"
+    kind = Kind.LOSSY
+    needs_shapes = False
+
+    def __init__(self, bits: int = 6, min_elements: int = 1024) -> None:
+        if not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise UsageError(f"share-weights: bits must be an integer in 1..8, got {bits!r}")
+        if min_elements < 1:
+            raise UsageError(f"share-weights: min_elements must be >= 1, got {min_elements}")
+        self.bits = bits
+        self.min_elements = int(min_elements)
+
+    def _candidates(self, graph: gs.Graph) -> list[gs.Constant]:
+        """Float constants of at least ``min_elements`` read only as weights (see WEIGHT_INPUTS)."""
+        out: dict[str, gs.Constant] = {}
+        blocked: set[str] = {t.name for t in graph.outputs}
+        for node in graph.nodes:
+            for i, t in enumerate(node.inputs):
+                if not isinstance(t, gs.Constant):
+                    continue
+                if i in WEIGHT_INPUTS.get(node.op, ()):
+                    out.setdefault(t.name, t)
+                else:
+                    blocked.add(t.name)
+            for sub in node.attrs.values():  # tensors read inside subgraphs: leave them
+                if isinstance(sub, gs.Graph):
+                    blocked.update(sub.tensors())
+        return [t for name, t in out.items()
+                if name not in blocked and t.dtype in FLOAT_DTYPES and int(np.prod(t.shape)) >= self.min_elements]
+
+    def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
+        clusters = 2 ** self.bits
+        stats: dict[str, Any] = {"bits": self.bits, "tensors": {}}
+        before = after = 0
+        for const in self._candidates(graph):
+            values = np.asarray(const.values)
+            codebook, indices = kmeans_1d(values, clusters)
+            approx = codebook[indices]
+            name = const.name
+            const.name = f"{name}_shared_indices"
+            const.values = indices
+            book = gs.Constant(f"{name}_codebook", codebook)
+            decoded = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
+            for consumer in list(const.outputs):
+                for i, t in enumerate(consumer.inputs):
+                    if t is const:
+                        consumer.inputs[i] = decoded
+            wide = gs.Variable(f"{name}_shared_indices_int32", dtype=np.int32, shape=list(values.shape))
+            graph.nodes.append(gs.Node("Cast", name=f"{name}_widen", inputs=[const], outputs=[wide],
+                                       attrs={"to": onnx.TensorProto.INT32}))
+            graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[decoded],
+                                       attrs={"axis": 0}))
+            before += values.nbytes
+            after += indices.nbytes + codebook.nbytes
+            stats["tensors"][name] = {"elements": int(values.size), "codebook": len(codebook),
+                                      "sqnr_db": round(sqnr_db(values, approx), 2)}
+        if not stats["tensors"]:
+            stats["reason"] = f"no float weight of {self.min_elements}+ elements read only as a weight"
+            return PassResult(False, stats)
+        graph.toposort()
+        stats["weight_bytes"] = {"before": before, "after": after}
+        finite = [s["sqnr_db"] for s in stats["tensors"].values() if np.isfinite(s["sqnr_db"])]
+        stats["min_weight_sqnr_db"] = min(finite) if finite else None
+        log.info("share-weights: %d tensors, %d -> %d bytes", len(stats["tensors"]), before, after)
+        return PassResult(True, stats)

@@ -1,0 +1,161 @@
+"""share-weights: k-means weight sharing (uint8 indices + codebook, decoded by onnxruntime at load)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import TensorProto
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from passkit import apply, model_of, ops, run
+
+import onnxopt
+from onnxopt.cli import main
+from onnxopt.errors import UsageError
+from onnxopt.passes.share_weights import ShareWeights, kmeans_1d
+
+
+def _sse(values: np.ndarray, approx: np.ndarray) -> float:
+    return float(((values.astype(np.float64) - approx) ** 2).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 400), elements=st.floats(-50, 50, width=32)), st.integers(1, 6))
+def test_kmeans_is_a_converged_lloyd_solution(values, bits):
+    codebook, indices = kmeans_1d(values, 2 ** bits)
+    assert indices.dtype == np.uint8 and indices.shape == values.shape
+    assert 1 <= len(codebook) <= 2 ** bits and np.all(np.diff(codebook) > 0)
+    approx = codebook[indices].astype(np.float64)
+    # every value sits with its nearest centroid (up to ties), every centroid is its members' mean
+    dist = np.abs(values[:, None].astype(np.float64) - codebook[None, :].astype(np.float64))
+    assert np.all(np.abs(values - approx) <= dist.min(axis=1) + 1e-4)
+    for j in range(len(codebook)):
+        members = values[indices == j].astype(np.float64)
+        assert members.size > 0
+        assert abs(members.mean() - float(codebook[j])) <= 1e-4 * max(1.0, abs(members.mean()))
+
+
+def test_kmeans_beats_the_uniform_grid_it_starts_from():
+    w = np.random.default_rng(0).standard_normal(20000).astype(np.float32)
+    codebook, indices = kmeans_1d(w, 16)
+    grid = np.linspace(w.min(), w.max(), 16)
+    nearest = grid[np.abs(w[:, None] - grid[None, :]).argmin(axis=1)]
+    assert _sse(w, codebook[indices]) < 0.8 * _sse(w, nearest)
+
+
+def test_few_distinct_values_are_kept_exactly():
+    w = np.random.default_rng(1).choice(np.float32([-0.5, 0.25, 1.5, 3.0]), size=(64, 8))
+    codebook, indices = kmeans_1d(w, 8)
+    np.testing.assert_array_equal(codebook[indices], w)
+
+
+def _conv_gemm_model(weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    w = weights or {}
+    conv_w = w.get("conv_w", rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3)
+    fc_w = w.get("fc_w", rng.standard_normal((16 * 8 * 8, 10)).astype(np.float32) * 0.05)
+    bias = rng.standard_normal(16).astype(np.float32)
+    shift = rng.standard_normal((1, 10)).astype(np.float32)
+    nodes = [
+        h.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c"], ["r"]),
+        h.make_node("Flatten", ["r"], ["f"]),
+        h.make_node("MatMul", ["f", "fc_w"], ["m"]),
+        h.make_node("Add", ["m", "shift"], ["y"]),
+    ]
+    inits = [nh.from_array(conv_w, "conv_w"), nh.from_array(bias, "conv_b"), nh.from_array(fc_w, "fc_w"),
+             nh.from_array(shift, "shift")]
+    return model_of(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                    [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+
+
+def _feed() -> dict:
+    return {"x": np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+
+
+def test_pass_stores_indices_and_codebook_and_keeps_answers_close():
+    model = _conv_gemm_model()
+    result, out, _ = apply(model, ShareWeights(bits=6, min_elements=100))
+    assert result.modified and set(result.stats["tensors"]) == {"conv_w", "fc_w"}
+    assert ops(out)["Gather"] == 2 and ops(out)["Cast"] == 2
+    inits = {t.name: nh.to_array(t) for t in out.graph.initializer}
+    assert inits["fc_w_shared_indices"].dtype == np.uint8 and inits["fc_w_shared_indices"].shape == (1024, 10)
+    assert len(inits["fc_w_codebook"]) <= 64 and inits["fc_w_codebook"].dtype == np.float32
+    assert "conv_b" in inits and "shift" in inits and "fc_w" not in inits  # biases untouched
+    ref, got = run(model, _feed())[0], run(out, _feed())[0]
+    cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.999 and not np.array_equal(ref, got)
+
+
+def test_weights_with_few_values_give_identical_answers():
+    rng = np.random.default_rng(4)
+    levels = np.float32([-0.2, -0.05, 0.0, 0.1, 0.3])
+    model = _conv_gemm_model({"conv_w": rng.choice(levels, (16, 3, 3, 3)), "fc_w": rng.choice(levels, (1024, 10))})
+    result, out, _ = apply(model, ShareWeights(bits=3, min_elements=100))
+    assert result.modified and all(s["sqnr_db"] == float("inf") for s in result.stats["tensors"].values())
+    np.testing.assert_array_equal(run(model, _feed())[0], run(out, _feed())[0])
+
+
+def test_small_tensors_and_non_weight_reads_are_left_alone():
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Add", ["m", "w"], ["y"])]  # w also added
+    model = model_of(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])], [nh.from_array(big, "w")])
+    result, _, _ = apply(model, ShareWeights(min_elements=16))
+    assert not result.modified and "no float weight" in result.stats["reason"]
+    result, _, _ = apply(_conv_gemm_model(), ShareWeights(min_elements=10**6))
+    assert not result.modified
+
+
+def test_a_weight_shared_by_two_consumers_is_decoded_once():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    nodes = [h.make_node("MatMul", ["x", "w"], ["a"]), h.make_node("MatMul", ["a", "w"], ["y"])]
+    model = model_of(nodes, [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])], [nh.from_array(w, "w")])
+    _, out, _ = apply(model, ShareWeights(bits=8, min_elements=16))
+    assert ops(out)["Gather"] == 1
+    assert [n.input[1] for n in out.graph.node if n.op_type == "MatMul"] == ["w", "w"]
+    x = {"x": rng.standard_normal((2, 32)).astype(np.float32)}
+    ref, got = run(model, x)[0], run(out, x)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+
+
+@pytest.mark.parametrize("kwargs, text", [({"bits": 0}, "bits must be an integer in 1..8"),
+                                          ({"bits": 9}, "bits must be"), ({"min_elements": 0}, "min_elements")])
+def test_bad_options_are_usage_errors(kwargs, text):
+    with pytest.raises(UsageError, match=text):
+        ShareWeights(**kwargs)
+
+
+def test_cli_share_then_pack_is_smaller_and_unpacks_bit_exactly(tmp_path, capsys):
+    from fixtures.make_demo import DEMO_CALIB, DEMO_MODEL
+
+    plain, shared = tmp_path / "plain.onnxpack", tmp_path / "shared.onnxpack"
+    assert main([str(DEMO_MODEL), str(plain), "--pack", "-q"]) == 0
+    assert main([str(DEMO_MODEL), str(shared), "--pack", "--share-weights", "4", "-q",
+                 "--calibration", str(DEMO_CALIB)]) == 0
+    assert shared.stat().st_size < 0.4 * plain.stat().st_size
+    back = tmp_path / "back.onnx"
+    assert main(["unpack", str(shared), str(back), "-q"]) == 0
+    model = onnxopt.load(back)
+    assert any(n.op_type == "Gather" for n in model.graph.node)
+    data = np.load(DEMO_CALIB)
+    feed = {k: data[k][0] for k in data.files}
+    ref = run(onnxopt.load(DEMO_MODEL), feed)[0]
+    got = run(model, feed)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.99
+
+
+def test_budget_miss_fails_the_run_with_exit_1(tmp_path, capsys):
+    from fixtures.make_demo import DEMO_MODEL
+
+    out = tmp_path / "o.onnx"
+    assert main([str(DEMO_MODEL), str(out), "--share-weights", "1", "--min-sqnr", "60", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "share-weights" in err and "--keep-going" in err and not out.exists()
