@@ -87,6 +87,11 @@ def node_costs(graph: gs.Graph, plan: Plan, shapes: dict[str, tuple[int, ...]]) 
     return costs
 
 
+#: the speed guard's label for the float model after quantize-int8's exact preprocessing rewrites
+#: (timed only when one of them may change float speed, such as the PRelu respelling)
+PREPARED_FLOAT = "float-prepared"
+
+
 @dataclass
 class Candidate:
     label: str

@@ -61,6 +61,7 @@ from .quant_graph import (
 from .quant_prep import prepare
 from .quant_select import (
     CLASSIFIER_TOP1,
+    PREPARED_FLOAT,
     Candidate,
     choose_fastest,
     kernel_aliases,
@@ -432,10 +433,23 @@ class QuantizeInt8(Pass):
                     seen.add(frozenset(fl))
                     model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
                     cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
+            if stats["preprocessing"].get("prelu_respelled"):
+                # step 1's exact PRelu respelling alone speeds float up (MTCNN): int8 has to beat that too
+                cands.append(Candidate(PREPARED_FLOAT, set(costs) | set(float_nodes), prepared, 0))
             # the float reference is the model as the pass received it: the rewrites of step 1 may
             # cost float speed, and int8 has to beat what the user would run without it
             decision = choose_fastest(base, cands, timing_feeds, threads=self.threads, margin=SPEED_MARGIN)
             stats["speed_guard"] = decision.stats()
+            if decision.chosen == PREPARED_FLOAT:
+                # ``graph`` holds the prepared float model: exact rewrites, float rounding only
+                sec = next(c.seconds for c in cands if c.label == PREPARED_FLOAT) or 0.0
+                stats["latency"] = {"fp32_ms": round(decision.fp32_seconds * 1e3, 3), "float_prepared_ms":
+                                    round(sec * 1e3, 3), "ratio": round(sec / decision.fp32_seconds, 3),
+                                    "threads": self.threads}
+                stats["reason"] = ("no int8 selection beat the float model with the exact rewrites of step 1 "
+                                   f"({stats['preprocessing']}); that float model is the output, no int8")
+                stats["seconds"] = round(time.perf_counter() - t0, 3)
+                return PassResult(True, stats)
             if decision.chosen is None:
                 stats["reason"] = "int8 was not faster than fp32 on this machine for any selection; model kept float"
                 return PassResult(False, stats)

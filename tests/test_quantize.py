@@ -694,3 +694,56 @@ def test_mixed_precision_keeps_classifier_top1(tmp_path):
     assert mp["budget"]["min_top1"] == 0.99 and mp["met"] and mp["float_layers"]
     assert all("min_top1" in r for r in mp["search"])
     assert summarize(compare_outputs(ref, OrtRunner(q).run_all(feeds)))["min_top1"] >= 0.99
+
+
+# --------------------------------------------------------------------------- PRelu nets (MTCNN)
+
+
+def _prelu_net() -> onnx.ModelProto:
+    """conv 3->16 -> PRelu (per-channel slope) -> conv 16->16 -> PRelu -> conv 16->8, MTCNN-style."""
+    rng = np.random.default_rng(11)
+    arrays = {"w1": rng.normal(0, 0.3, (16, 3, 3, 3)), "b1": rng.normal(0, 0.1, 16),
+              "a1": rng.uniform(0.05, 0.4, (16, 1, 1)), "w2": rng.normal(0, 0.2, (16, 16, 3, 3)),
+              "b2": rng.normal(0, 0.1, 16), "a2": rng.uniform(0.05, 0.4, (16, 1, 1)),
+              "w3": rng.normal(0, 0.2, (8, 16, 1, 1))}
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("PRelu", ["c1", "a1"], ["p1"], name="prelu1"),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("PRelu", ["c2", "a2"], ["p2"], name="prelu2"),
+        helper.make_node("Conv", ["p2", "w3"], ["y"], name="conv3"),
+    ]
+    g = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 24])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 24, 24])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_prelu_respelled_so_convs_run_int8(tmp_path):
+    model = _prelu_net()
+    q, entry = _quantize(model, tmp_path, min_macs=0)
+    assert entry.stats["preprocessing"]["prelu_respelled"] == 2
+    assert not [n for n in q.graph.node if n.op_type == "PRelu"]
+    assert kernel_counts(q)["int8_kernels"].get("QLinearConv", 0) == 3
+    assert _fidelity(model, q, model)["min_sqnr_db"] > 20
+
+
+def test_prepared_float_model_wins_when_int8_does_not(tmp_path, monkeypatch):
+    """When the speed guard finds the float model with step 1's exact rewrites fastest, that is the output."""
+    from onnxopt.passes import quant_select, quantize_int8
+
+    def fake_choose(fp32, cands, feeds, **kw):
+        for i, c in enumerate(cands):
+            c.seconds = 1.0 + i
+        pf = next(c for c in cands if c.label == quant_select.PREPARED_FLOAT)
+        pf.seconds = 0.5
+        return quant_select.SpeedDecision(pf.label, pf.float_nodes, 1.0, [])
+
+    monkeypatch.setattr(quantize_int8, "choose_fastest", fake_choose)
+    model = _prelu_net()
+    q, entry = _quantize(model, tmp_path, min_macs=0, speed_guard=True)
+    assert entry.modified and "no int8" in entry.stats["reason"] and entry.stats["latency"]["ratio"] == 0.5
+    ops = {n.op_type for n in q.graph.node}
+    assert "PRelu" not in ops and not ops & {"QuantizeLinear", "DequantizeLinear"}
+    f = _fidelity(model, q, model)
+    assert f["max_abs"] < 1e-5
