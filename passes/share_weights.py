@@ -1,22 +1,27 @@
 """share-weights: k-means weight sharing (Deep Compression, Han et al. 2016). LOSSY.
 
 Each large float weight of a Conv, ConvTranspose, Gemm or MatMul (and each embedding table read by
-Gather) is replaced by ``2**bits`` shared values: the tensor becomes a uint8 index tensor of the same
-shape and a codebook of at most ``2**bits`` values in the weight's own dtype, joined by
-``Gather(codebook, Cast(indices, int32))`` (Gather takes int32/int64 indices only) whose output keeps
-the weight's name. onnxruntime folds those two nodes when it loads the model, so inference runs the
-same float kernels as before (no speed change); the file stores 1 byte per weight instead of 4 (fp32)
-and, packed (``--pack``), close to ``bits`` bits.
+Gather) is stored as ``2**bits`` shared values: a uint8 index tensor of the weight's shape, a codebook
+of at most ``2**bits`` values in the weight's dtype and (``per_channel``, the default) one scale per
+output channel, decoded by ``Mul(Gather(codebook, Cast(indices, int32)), scale)`` whose output keeps
+the weight's name (Gather takes int32/int64 indices only). onnxruntime folds those nodes when it
+loads the model, so inference runs the same float kernels as before (no speed change); the file
+stores 1 byte per weight instead of 4 (fp32) and, packed (``--pack``), close to ``bits`` bits.
+
+Per-channel scales: each output channel is divided by its largest magnitude before sharing, so one
+codebook serves filters whose scales differ by orders of magnitude (a BatchNorm folded into a Conv
+scales each filter by its own factor); k-means then weighs every value by its channel's scale
+squared, which makes it minimise the error of the weights themselves, not of the normalised ones.
 
 The codebook is a local optimum of 1-D k-means (Lloyd's iterations until no value changes cluster),
-started from values spread linearly between the tensor's min and max — Deep Compression found that
-start best, because it keeps the rare large weights that matter most. 1-D k-means is done on the
-sorted distinct values with prefix sums, so one iteration costs O(clusters x log(values)).
+started from values spread linearly between min and max — Deep Compression found that start best,
+because it keeps the rare large weights that matter most. It runs on the sorted distinct values with
+prefix sums, so one iteration costs O(clusters x log(values)).
 
-Invariants: graph inputs, outputs and every tensor name stay as they were; a tensor with at most
-``2**bits`` distinct values is stored exactly (the pass is then lossless for it); biases, small
-tensors (< ``min_elements``) and weights that are not plain float initializers are left alone.
-The fidelity budget is the run's (cosine 0.99, 20 dB) unless ``--min-*`` flags say otherwise.
+Invariants: graph inputs, outputs and every tensor name stay as they were; with ``per_channel``
+off, a tensor with at most ``2**bits`` distinct values is stored exactly; biases, small tensors
+(< ``min_elements``) and weights that are not plain float initializers are left alone. The
+fidelity budget is the run's (cosine 0.99, 20 dB) unless ``--min-*`` flags say otherwise.
 """
 
 from __future__ import annotations
@@ -40,20 +45,24 @@ FLOAT_DTYPES = (np.float32, np.float16)
 MAX_ITERATIONS = 100
 
 
-def kmeans_1d(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(values: np.ndarray, clusters: int, weights: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Codebook (ascending) and uint8 indices of 1-D k-means over ``values`` (any shape).
 
-    Lloyd's iterations on the sorted distinct values weighted by their counts, from a linear start
-    between min and max; stops when no value changes cluster. Clusters that end up empty are dropped,
-    so the codebook may be shorter than ``clusters``; with at most ``clusters`` distinct values the
-    codebook is exactly those values.
+    Lloyd's iterations on the sorted distinct values weighted by their counts (or by the sum of
+    ``weights``, broadcastable to ``values``, over their occurrences), from a linear start between
+    min and max; stops when no value changes cluster. Clusters that end up empty are dropped, so the
+    codebook may be shorter than ``clusters``; with at most ``clusters`` distinct values the codebook
+    is exactly those values.
     """
     flat = values.reshape(-1)
-    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    inverse = inverse.reshape(-1)
     if len(uniq) <= clusters:
         return uniq.astype(values.dtype), inverse.reshape(values.shape).astype(np.uint8)
     x = uniq.astype(np.float64)
-    w = counts.astype(np.float64)
+    occurrence = None if weights is None else np.broadcast_to(weights, values.shape).reshape(-1)
+    w = np.bincount(inverse, weights=occurrence, minlength=len(uniq)).astype(np.float64)
     csum_w = np.concatenate([[0.0], np.cumsum(w)])
     csum_wx = np.concatenate([[0.0], np.cumsum(w * x)])
     centroids = np.linspace(x[0], x[-1], clusters)
@@ -76,6 +85,47 @@ def kmeans_1d(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray
     return codebook.astype(values.dtype), indices
 
 
+def uniform_1d(values: np.ndarray, clusters: int, weights: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline k-means is measured against: ``clusters`` evenly spaced values between min and max
+    (linear quantization at the same storage), each value rounded to the nearest; unused levels dropped.
+    ``weights`` is ignored (the levels do not move)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:
+        return np.array([values.reshape(-1)[0]], values.dtype), np.zeros(values.shape, np.uint8)
+    grid = np.linspace(lo, hi, clusters)
+    nearest = np.clip(np.rint((values.astype(np.float64) - lo) / (hi - lo) * (clusters - 1)), 0, clusters - 1)
+    used, indices = np.unique(nearest.astype(np.int64), return_inverse=True)
+    return grid[used].astype(values.dtype), indices.reshape(values.shape).astype(np.uint8)
+
+
+METHODS = {"kmeans": kmeans_1d, "uniform": uniform_1d}
+
+
+def channel_axis(node: gs.Node, index: int, ndim: int) -> int | None:
+    """The output-channel axis of weight input ``index`` of ``node``: scales differ along it (a
+    BatchNorm folded into a Conv scales its filters one by one). None: one scale for the tensor."""
+    if ndim < 2:
+        return None
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        transposed = bool(node.attrs.get("transB" if index == 1 else "transA", 0))
+        return (0 if transposed else 1) if index == 1 else (1 if transposed else 0)
+    if node.op == "MatMul":
+        return ndim - 1 if index == 1 else ndim - 2
+    return 0  # Gather: one scale per embedding row
+
+
+def channel_scales(values: np.ndarray, axis: int) -> np.ndarray:
+    """Largest magnitude of each slice along ``axis`` (1 where a slice is all zeros), broadcastable."""
+    others = tuple(i for i in range(values.ndim) if i != axis)
+    scale = np.abs(values).max(axis=others, keepdims=True)
+    return np.where(scale > 0, scale, np.ones_like(scale)).astype(values.dtype)
+
+
 def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
@@ -90,44 +140,59 @@ class ShareWeights(Pass):
     kind = Kind.LOSSY
     needs_shapes = False
 
-    def __init__(self, bits: int = 6, min_elements: int = 1024) -> None:
+    def __init__(self, bits: int = 6, min_elements: int = 1024, method: str = "kmeans",
+                 per_channel: bool = True) -> None:
+        """``method``: "kmeans" (the pass), or "uniform" (evenly spaced levels: the baseline it is
+        benchmarked against). ``per_channel``: divide each output channel by its largest magnitude
+        before sharing and multiply back at load (one float per channel)."""
         if not isinstance(bits, int) or not 1 <= bits <= 8:
             raise UsageError(f"share-weights: bits must be an integer in 1..8, got {bits!r}")
         if min_elements < 1:
             raise UsageError(f"share-weights: min_elements must be >= 1, got {min_elements}")
+        if method not in METHODS:
+            raise UsageError(f"share-weights: method must be one of {', '.join(METHODS)}, got {method!r}")
         self.bits = bits
         self.min_elements = int(min_elements)
+        self.method = method
+        self.per_channel = bool(per_channel)
 
-    def _candidates(self, graph: gs.Graph) -> list[gs.Constant]:
-        """Float constants of at least ``min_elements`` read only as weights (see WEIGHT_INPUTS)."""
-        out: dict[str, gs.Constant] = {}
+    def _candidates(self, graph: gs.Graph) -> list[tuple[gs.Constant, int | None]]:
+        """Float constants of at least ``min_elements`` read only as weights, with their channel axis."""
+        out: dict[str, tuple[gs.Constant, int | None]] = {}
         blocked: set[str] = {t.name for t in graph.outputs}
         for node in graph.nodes:
             for i, t in enumerate(node.inputs):
                 if not isinstance(t, gs.Constant):
                     continue
                 if i in WEIGHT_INPUTS.get(node.op, ()):
-                    out.setdefault(t.name, t)
+                    out.setdefault(t.name, (t, channel_axis(node, i, len(t.shape))))
                 else:
                     blocked.add(t.name)
             for sub in node.attrs.values():  # tensors read inside subgraphs: leave them
                 if isinstance(sub, gs.Graph):
                     blocked.update(sub.tensors())
-        return [t for name, t in out.items()
+        return [(t, axis) for name, (t, axis) in out.items()
                 if name not in blocked and t.dtype in FLOAT_DTYPES and int(np.prod(t.shape)) >= self.min_elements]
 
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
         clusters = 2 ** self.bits
-        stats: dict[str, Any] = {"bits": self.bits, "tensors": {}}
+        stats: dict[str, Any] = {"bits": self.bits, "method": self.method, "per_channel": self.per_channel,
+                                 "tensors": {}}
         before = after = 0
-        for const in self._candidates(graph):
+        for const, axis in self._candidates(graph):
             values = np.asarray(const.values)
-            codebook, indices = kmeans_1d(values, clusters)
-            approx = codebook[indices]
+            scale = channel_scales(values, axis) if self.per_channel and axis is not None else None
+            if scale is None:
+                codebook, indices = METHODS[self.method](values, clusters)
+                approx = codebook[indices]
+            else:
+                normalized = values.astype(np.float32) / scale.astype(np.float32)
+                codebook, indices = METHODS[self.method](normalized, clusters, scale.astype(np.float64) ** 2)
+                codebook = codebook.astype(values.dtype)
+                approx = codebook[indices] * scale
             name = const.name
             const.name = f"{name}_shared_indices"
             const.values = indices
-            book = gs.Constant(f"{name}_codebook", codebook)
             decoded = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
             for consumer in list(const.outputs):
                 for i, t in enumerate(consumer.inputs):
@@ -136,11 +201,21 @@ class ShareWeights(Pass):
             wide = gs.Variable(f"{name}_shared_indices_int32", dtype=np.int32, shape=list(values.shape))
             graph.nodes.append(gs.Node("Cast", name=f"{name}_widen", inputs=[const], outputs=[wide],
                                        attrs={"to": onnx.TensorProto.INT32}))
-            graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[decoded],
-                                       attrs={"axis": 0}))
+            book = gs.Constant(f"{name}_codebook", codebook)
+            if scale is None:
+                graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[decoded],
+                                           attrs={"axis": 0}))
+            else:
+                shared = gs.Variable(f"{name}_shared", dtype=values.dtype, shape=list(values.shape))
+                graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[shared],
+                                           attrs={"axis": 0}))
+                graph.nodes.append(gs.Node("Mul", name=f"{name}_rescale",
+                                           inputs=[shared, gs.Constant(f"{name}_scale", scale)], outputs=[decoded]))
+                after += scale.nbytes
             before += values.nbytes
             after += indices.nbytes + codebook.nbytes
             stats["tensors"][name] = {"elements": int(values.size), "codebook": len(codebook),
+                                      "channel_axis": None if scale is None else axis,
                                       "sqnr_db": round(sqnr_db(values, approx), 2)}
         if not stats["tensors"]:
             stats["reason"] = f"no float weight of {self.min_elements}+ elements read only as a weight"

@@ -47,6 +47,15 @@ def test_kmeans_beats_the_uniform_grid_it_starts_from():
     assert _sse(w, codebook[indices]) < 0.8 * _sse(w, nearest)
 
 
+def test_uniform_baseline_rounds_to_the_nearest_level():
+    from onnxopt.passes.share_weights import uniform_1d
+
+    w = np.float32([-1.0, -0.4, 0.0, 0.1, 0.74, 1.0])
+    codebook, indices = uniform_1d(w, 5)  # levels -1, -0.5, 0, 0.5, 1
+    np.testing.assert_allclose(codebook[indices], [-1.0, -0.5, 0.0, 0.0, 0.5, 1.0])
+    assert uniform_1d(np.full(7, 2.5, np.float32), 16)[0].tolist() == [2.5]
+
+
 def test_few_distinct_values_are_kept_exactly():
     w = np.random.default_rng(1).choice(np.float32([-0.5, 0.25, 1.5, 3.0]), size=(64, 8))
     codebook, indices = kmeans_1d(w, 8)
@@ -81,8 +90,9 @@ def test_pass_stores_indices_and_codebook_and_keeps_answers_close():
     model = _conv_gemm_model()
     result, out, _ = apply(model, ShareWeights(bits=6, min_elements=100))
     assert result.modified and set(result.stats["tensors"]) == {"conv_w", "fc_w"}
-    assert ops(out)["Gather"] == 2 and ops(out)["Cast"] == 2
+    assert ops(out)["Gather"] == 2 and ops(out)["Cast"] == 2 and ops(out)["Mul"] == 2
     inits = {t.name: nh.to_array(t) for t in out.graph.initializer}
+    assert inits["conv_w_scale"].shape == (16, 1, 1, 1) and inits["fc_w_scale"].shape == (1, 10)
     assert inits["fc_w_shared_indices"].dtype == np.uint8 and inits["fc_w_shared_indices"].shape == (1024, 10)
     assert len(inits["fc_w_codebook"]) <= 64 and inits["fc_w_codebook"].dtype == np.float32
     assert "conv_b" in inits and "shift" in inits and "fc_w" not in inits  # biases untouched
@@ -95,9 +105,23 @@ def test_weights_with_few_values_give_identical_answers():
     rng = np.random.default_rng(4)
     levels = np.float32([-0.2, -0.05, 0.0, 0.1, 0.3])
     model = _conv_gemm_model({"conv_w": rng.choice(levels, (16, 3, 3, 3)), "fc_w": rng.choice(levels, (1024, 10))})
-    result, out, _ = apply(model, ShareWeights(bits=3, min_elements=100))
+    result, out, _ = apply(model, ShareWeights(bits=3, min_elements=100, per_channel=False))
     assert result.modified and all(s["sqnr_db"] == float("inf") for s in result.stats["tensors"].values())
     np.testing.assert_array_equal(run(model, _feed())[0], run(out, _feed())[0])
+
+
+def test_per_channel_scales_serve_filters_of_very_different_size():
+    """A BatchNorm folded into a Conv scales each filter by its own factor: one codebook over the raw
+    values wastes its levels on the large filters; divided by their scales, every filter is coded well."""
+    rng = np.random.default_rng(7)
+    conv_w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * np.logspace(-3, 1, 16, dtype=np.float32
+                                                                                  )[:, None, None, None]
+    model = _conv_gemm_model({"conv_w": conv_w})
+    worst = {}
+    for per_channel in (False, True):
+        result, _, _ = apply(model, ShareWeights(bits=4, min_elements=100, per_channel=per_channel))
+        worst[per_channel] = result.stats["tensors"]["conv_w"]["sqnr_db"]
+    assert worst[True] > worst[False] + 3
 
 
 def test_small_tensors_and_non_weight_reads_are_left_alone():
@@ -127,7 +151,8 @@ def test_a_weight_shared_by_two_consumers_is_decoded_once():
 
 
 @pytest.mark.parametrize("kwargs, text", [({"bits": 0}, "bits must be an integer in 1..8"),
-                                          ({"bits": 9}, "bits must be"), ({"min_elements": 0}, "min_elements")])
+                                          ({"bits": 9}, "bits must be"), ({"min_elements": 0}, "min_elements"),
+                                          ({"method": "median"}, "method must be one of kmeans, uniform")])
 def test_bad_options_are_usage_errors(kwargs, text):
     with pytest.raises(UsageError, match=text):
         ShareWeights(**kwargs)
