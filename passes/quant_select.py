@@ -147,8 +147,10 @@ def choose_fastest(
 ) -> SpeedDecision:
     """Time the float model and every candidate interleaved; keep the fastest that beats fp32."""
     models = [fp32] + [c.model for c in candidates]
+    for c in candidates:
+        c.model = None  # the sessions hold all that timing needs (a huge model is not held twice)
     t0 = time.perf_counter()
-    secs = interleaved_latency(models, feeds, repeat=repeat, threads=threads, budget_s=budget_s)
+    secs = interleaved_latency(models, feeds, repeat=repeat, threads=threads, budget_s=budget_s, release=True)
     log.info("speed guard timing took %.1fs", time.perf_counter() - t0)
     fp = secs[0]
     table = []

@@ -338,6 +338,8 @@ class QuantizeInt8(Pass):
             # timings then use the prepared model as the reference (the same weights after step 1)
             _replace_graph(graph, to_graph(prepared, infer=True))
             base = prepared
+            if context.calibration is None and not context.validation_feeds:
+                self._synthetic(context)  # made from the model: before it goes (then cached)
             context.model = None
             gc.collect()  # graphsurgeon graphs are cycles
         plan0, _ = self.plan(graph, float_nodes, float_ops, None)
@@ -411,19 +413,27 @@ class QuantizeInt8(Pass):
         if self.speed_guard:
             cands = []
             live = {n: c for n, c in costs.items() if n not in float_nodes}
+            order = [n for n in costs if n in live]
+            aliases = kernel_aliases(graph, order)
+
+            def kernel_times(model: onnx.ModelProto) -> dict[str, float]:
+                if not timing_feeds:
+                    return {}
+                try:
+                    return compute_kernel_times(model, timing_feeds[0], aliases, threads=self.threads)
+                except Exception as exc:  # profiling is an aid, never a reason to fail
+                    log.debug("kernel profiling failed: %s", exc)
+                    return {}
+
+            # per-node kernel times, float model vs all-int8 model: where int8 kernels lose. The float
+            # profile comes first, while no candidate model is held (peak memory of huge models)
+            f_s = kernel_times(prepared)
             for label, fl in speed_candidates(live, set(float_nodes)):
                 model, plan, _ = self.build(prepared, qp, ranges, fl, float_ops)
                 cands.append(Candidate(label, fl, model, len(plan.int8_nodes(COMPUTE_ROLES))))
             if cands and timing_feeds:
-                # per-node kernel times, float model vs all-int8 model: where int8 kernels lose
-                order = [n for n in costs if n in live]
-                aliases = kernel_aliases(graph, order)
-                try:
-                    f_s = compute_kernel_times(prepared, timing_feeds[0], aliases, threads=self.threads)
-                    q_s = compute_kernel_times(cands[0].model, timing_feeds[0], aliases, threads=self.threads)
-                except Exception as exc:  # profiling is an aid, never a reason to fail
-                    log.debug("kernel profiling failed: %s", exc)
-                    f_s, q_s = {}, {}
+                q_s = kernel_times(cands[0].model) if f_s else {}
+                f_s = f_s if q_s else {}
                 stats["kernel_profile"] = {n: {"fp32_us": round(f_s[n] * 1e6, 1), "int8_us": round(q_s[n] * 1e6, 1)}
                                            for n in order if n in f_s and n in q_s}
                 seen = {frozenset(c.float_nodes) for c in cands}

@@ -15,6 +15,7 @@ from conftest import run_ort
 import onnxopt
 import onnxopt.manager as manager
 import onnxopt.model as mio
+import onnxopt.passes.quantize_int8
 import onnxopt.validate as validate
 from fixtures.make_demo import DEMO_CALIB, DEMO_MODEL
 
@@ -73,3 +74,28 @@ def test_packed_output_of_large_model(tiny_limits, tmp_path):
     feed = _demo_feed()
     np.testing.assert_allclose(run_ort(mio.load(out), feed)[0], run_ort(mio.load(DEMO_MODEL), feed)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("validate", ["off", "each"])
+def test_quantize_drops_a_large_input_it_has_copied(monkeypatch, validate):
+    """Past the spill size quantize-int8 keeps one copy of the weights (its own); with no data at all
+    it makes its synthetic calibration feeds from the model before letting it go."""
+    monkeypatch.setattr(manager, "SPILL_SNAPSHOT_BYTES", 0)
+    seen = []
+    original = onnxopt.passes.quantize_int8.QuantizeInt8.run
+
+    def spy(self, graph, context):
+        seen.append(context.model_releasable)
+        result = original(self, graph, context)
+        seen.append(context.model is None)
+        return result
+
+    monkeypatch.setattr(onnxopt.passes.quantize_int8.QuantizeInt8, "run", spy)
+    res = onnxopt.optimize(mio.load(DEMO_MODEL), passes=["simplify", "quantize-int8"], validate=validate)
+    assert seen == [True, True]
+    assert res.report.passes[-1].status.startswith("applied")
+    assert any(n.op_type == "DequantizeLinear" for n in res.model.graph.node)
+    feed = _demo_feed()
+    ref = run_ort(mio.load(DEMO_MODEL), feed)[0]
+    got = run_ort(res.model, feed)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.99
