@@ -114,14 +114,22 @@ def unpack_bytes(data: bytes, out: Path) -> None:
 
 
 def packed_seeds(models: dict[str, bytes]) -> dict[str, bytes]:
-    """Packed versions of seed models (``<name>.pack``), for fuzzing the packed-file reader."""
+    """Packed versions of seed models, for fuzzing the packed-file reader: as packed by default
+    (``<name>.pack``; small models get C-decoded codecs only), with the lockstep coders
+    (``<name>.lockstep.pack``) and with tensors above 4 KB in 2 KB chunks (``<name>.chunks.pack``)."""
     import onnx
 
-    from onnxopt.packing import pack_model
+    from onnxopt.packing import PackOptions, pack_model
 
+    variants = {
+        "": None,
+        ".lockstep": PackOptions(fast_model_bytes=0),
+        ".chunks": PackOptions(fast_model_bytes=0, chunk_min_bytes=4096, chunk_bytes=2048),
+    }
     out = {}
     for name, data in models.items():
         model = onnx.ModelProto()
         model.ParseFromString(data)
-        out[f"{name}.pack"] = pack_model(model).data
+        for suffix, options in variants.items():
+            out[f"{name}{suffix}.pack"] = pack_model(model, options=options).data
     return out

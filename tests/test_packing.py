@@ -175,6 +175,10 @@ def mlp_model(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
     )
 
 
+#: small test models would otherwise be packed with C-decoded codecs only (PackOptions.fast_model_bytes)
+LOCKSTEP = PackOptions(fast_model_bytes=0)
+
+
 def assert_roundtrip(model: onnx.ModelProto, **kwargs) -> bytes:
     before = model.SerializeToString()
     packed = pack_model(model, **kwargs).data
@@ -182,6 +186,8 @@ def assert_roundtrip(model: onnx.ModelProto, **kwargs) -> bytes:
     assert is_packed(packed)
     restored = unpack_model(packed)
     assert restored.SerializeToString() == before
+    if not kwargs:  # and with the lockstep coders, which the default may have passed over
+        assert unpack_model(pack_model(model, options=LOCKSTEP).data).SerializeToString() == before
     return packed
 
 
@@ -215,7 +221,7 @@ def test_large_tensors_use_entropy_coders_and_stay_exact():
         ]
     )
     assert_roundtrip(model)
-    result = pack_model(model)
+    result = pack_model(model, options=LOCKSTEP)
     by_name = {t.name: t for t in result.tensors}
     assert by_name["big"].codec.startswith("planes[")
     assert by_name["big"].packed_bytes < 0.9 * by_name["big"].raw_bytes
@@ -299,6 +305,18 @@ def test_large_tensors_are_coded_as_chunks_and_stay_exact(tmp_path):
     assert result.tensor_bytes_in_file <= 1.1 * plain.tensor_bytes_in_file
 
 
+def test_chunked_tensors_are_never_bundled():
+    """Tensors chunked below the bundling size limit stay in the stream section only."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(np.round(rng.standard_normal(1300) * 3).astype(np.float32), f"t{k}")
+             for k in range(10)]
+    model = _model(inits)
+    options = PackOptions(fast_model_bytes=0, chunk_min_bytes=4096, chunk_bytes=2048)
+    result = pack_model(model, options=options)
+    assert all(t.codec.startswith("chunks[") for t in result.tensors)
+    assert unpack_model(result.data).SerializeToString() == model.SerializeToString()
+
+
 def test_chunk_spans_follow_rows():
     from onnxopt.packing.codecs import chunk_spans
 
@@ -365,6 +383,81 @@ def test_hostile_chunk_tables(chunk_pack, claim):
         forged = forged[: at - len(prefix)] + bytes(length) + forged[at:]
         with pytest.raises(BadModelError, match="packed file"):
             unpack_model(_rebuild(data, index=bytes(forged)))
+
+
+def test_small_models_unpack_without_lockstep_coders_when_nearly_as_small():
+    big = (np.random.default_rng(3).standard_normal((256, 256)) * 0.05).astype(np.float32)
+    model = _model([numpy_helper.from_array(big, "big"), numpy_helper.from_array(big[:3, :5].copy(), "small")])
+    fast = pack_model(model)
+    slow = pack_model(model, options=LOCKSTEP)
+    assert slow.lockstep_words > 0 and fast.lockstep_words == 0
+    assert fast.tensors[0].codec.startswith("split[") and slow.tensors[0].codec.startswith("planes[")
+    opts = PackOptions()
+    assert fast.file_bytes <= slow.file_bytes + opts.fast_model_margin * slow.tensor_bytes_in_file
+    assert unpack_model(fast.data).SerializeToString() == model.SerializeToString()
+    # the choice is off for models above fast_model_bytes, and with codecs that give no C-only choice
+    assert pack_model(model, options=PackOptions(fast_model_bytes=1000)).lockstep_words > 0
+    assert pack_model(model, codecs=["rans"]).lockstep_words > 0
+
+
+@FAST
+@given(
+    itemsize=st.sampled_from([2, 4, 8]),
+    n=st.integers(1, 3000),
+    const_plane=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_split_codec_roundtrip(itemsize, n, const_plane, seed):
+    from onnxopt.packing.codecs import code_split
+
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, (n, itemsize)).astype(np.uint8)
+    grid[:, -1] = np.clip(np.round(rng.standard_normal(n) * 2) + 60, 0, 255)  # a compressible plane
+    if const_plane:
+        grid[:, 0] = 7
+    data = grid.tobytes()
+    coded = code_split(data, itemsize, PackOptions())
+    assert coded.codec == Codec.SPLIT and not coded.rans and not coded.huffman
+    assert decode_alone(coded, len(data), LIMITS) == data
+
+
+def test_split_codec_hostile_metadata():
+    from onnxopt.packing.codecs import SplitPlane, code_split
+
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal(2000) * 0.01).astype(np.float32).tobytes()
+    coded = code_split(data, 4, PackOptions())
+    assert coded.meta[-2] == SplitPlane.BROTLI or coded.meta[-3] == SplitPlane.BROTLI
+    bad_metas = [
+        bytes([4]) + coded.meta[1:2],  # planes missing
+        bytes([3]) + coded.meta[1:],  # another itemsize
+        bytes([0]) + coded.meta[1:],
+        coded.meta[:1] + bytes([9]) + coded.meta[2:],  # unknown plane codec
+        coded.meta + b"\0",  # trailing
+    ]
+    for meta in bad_metas:
+        with pytest.raises(CorruptPackError):
+            decode_alone(Coded(Codec.SPLIT, meta, coded.bulk), len(data), LIMITS)
+    for bulk in (coded.bulk[:-1], coded.bulk + b"\0", bytes(len(coded.bulk))):
+        with pytest.raises(CorruptPackError):
+            decode_alone(Coded(Codec.SPLIT, coded.meta, bulk), len(data), LIMITS)
+    with pytest.raises(CorruptPackError):  # claims 1000x the data from the same brotli planes
+        decode_alone(coded, 1000 * len(data), LIMITS)
+
+
+def test_split_files_refuse_damage():
+    model = mlp_model(hidden=128)
+    data = pack_model(model).data
+    expected = model.SerializeToString()
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        buf = bytearray(data)
+        buf[int(rng.integers(PREFIX_SIZE, len(buf)))] ^= int(rng.integers(1, 256))
+        try:
+            restored = unpack_model(bytes(buf), source="s.onnxpack")
+        except BadModelError:
+            continue
+        assert restored.SerializeToString() == expected
 
 
 def test_fixtures_roundtrip():
@@ -763,7 +856,7 @@ def small_pack() -> tuple[onnx.ModelProto, bytes]:
             ),
         ]
     )
-    result = pack_model(model)
+    result = pack_model(model, options=LOCKSTEP)
     assert any(t.codec.startswith("bundle[") for t in result.tensors)  # hostile tests cover bundles too
     assert any(t.codec.startswith("groups[") for t in result.tensors)  # ... and row groups
     data = result.data

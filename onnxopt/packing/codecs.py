@@ -25,6 +25,10 @@ inside the compressed index, where similar tables of many tensors compress toget
             tables; bytes after the last whole row end the last group (see groups.py). Flag 2: the
             ids are followed by u8 codec + meta of one plain payload (zlib, LZMA, brotli, ...) /
             its bulk, holding all rows in group order (similar rows side by side help LZ coders)
+    SPLIT   u8 itemsize, then per byte plane u8 SplitPlane (+ u8 value for CONST, + uvarint length for
+            ZLIB / BROTLI) / the planes' bytes in order (RAW planes as they are): byte grouping with
+            each plane compressed by a C-decoded codec, so small models unpack without the
+            lockstep coders (their cost per step does not shrink with the data)
     CHUNKS  uvarint chunk count K, then per chunk: uvarint decoded bytes, u8 codec, uvarint meta
             length + meta, uvarint bulk bytes, uvarint rANS words, uvarint Huffman words, u32 CRC32
             of the chunk's decoded bytes / per chunk: its bulk, its own rANS words (u16) and its own
@@ -82,6 +86,14 @@ class Codec(enum.IntEnum):
     GROUPS = 7
     BROTLI = 8
     CHUNKS = 9
+    SPLIT = 10
+
+
+class SplitPlane(enum.IntEnum):
+    RAW = 0
+    CONST = 1
+    ZLIB = 2
+    BROTLI = 3
 
 
 class PlaneCodec(enum.IntEnum):
@@ -91,7 +103,9 @@ class PlaneCodec(enum.IntEnum):
     HUFFMAN = 3
 
 
-CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups", "brotli")
+CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups", "brotli", "split")
+#: the codecs whose payloads C libraries decode (no lockstep coder): see PackOptions.fast_model_bytes
+C_CODECS = frozenset({"raw", "zlib", "lzma", "brotli", "split", "groups"})
 #: zlib cannot expand data by more than this factor (deflate's best case is ~1032:1)
 ZLIB_MAX_RATIO = 1100
 
@@ -135,6 +149,15 @@ class PackOptions:
     #: the LZ codecs over rows in group order are tried up to this payload size (brotli-11 packs
     #: about 0.4 MB/s)
     group_lz_max_bytes: int = 1 << 22
+    #: byte planes compressed one by one with zlib / brotli (Codec.SPLIT) are tried up to this size
+    split_max_bytes: int = 1 << 20
+    #: models with at most this many weight bytes are also packed with C-decoded codecs only
+    #: (C_CODECS), kept when no more than ``fast_model_margin`` larger: the lockstep decoders cost
+    #: ~20 us per step whatever the data size, which dominates unpacking a small model
+    fast_model_bytes: int = 4 << 20
+    fast_model_margin: float = 0.01
+    #: ... and only when the lockstep coders' words are at most this share of the file's tensor bytes
+    fast_lockstep_share: float = 0.5
     #: tensors larger than this are coded as independent chunks (Codec.CHUNKS) ...
     chunk_min_bytes: int = 24 << 20
     #: ... of about this many bytes each (bounds the memory of codec trials and of held output)
@@ -389,8 +412,9 @@ def choose(
         hists = planes.hists
         if planes.size < best.size:
             best = planes
-        if "groups" in options.codecs and len(data) >= options.group_min_bytes:
-            best = _try_groups(arr, itemsize, shape, best, options)
+    if "groups" in options.codecs and len(data) >= options.group_min_bytes:
+        # (without rans/huffman only the rows-in-group-order LZ payload can win: groups of raw planes don't)
+        best = _try_groups(arr, itemsize, shape, best, options)
     lz = [c for c in ("zlib", "lzma", "brotli") if c in options.codecs and (c != "brotli" or _brotli is not None)]
 
     def skip(name: str, zlib_ratio: float) -> bool:
@@ -438,8 +462,79 @@ def choose(
         # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
         if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" and not small else 0.0)):
             best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
-    best.hists = hists if hists is not None else plane_histograms(arr, itemsize)
+    if hists is None:
+        hists = plane_histograms(arr, itemsize)
+    if "split" in options.codecs and itemsize > 1 and len(data) <= options.split_max_bytes:
+        split = code_split(data, itemsize, options, hists)
+        if split.size < best.size:
+            best = split
+    best.hists = hists
     return best
+
+
+def code_split(data: bytes, itemsize: int, options: PackOptions, hists: list[np.ndarray] | None = None) -> Coded:
+    """Byte planes, each stored raw, constant, or compressed alone with zlib or brotli (Codec.SPLIT)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    planes = split_planes(arr, itemsize)
+    hists = hists if hists is not None else plane_histograms(arr, itemsize)
+    n = planes[0].size
+    meta = bytearray([itemsize])
+    bulks: list[bytes] = []
+    names = []
+    for plane, hist in zip(planes, hists):
+        present = np.flatnonzero(hist)
+        if present.size == 1:
+            meta += bytes([SplitPlane.CONST, int(present[0])])
+            names.append("const")
+            continue
+        raw = plane.tobytes()
+        best: tuple[int, SplitPlane, bytes] = (len(raw), SplitPlane.RAW, raw)
+        if entropy_bits(hist) < 7.9 * n or n <= 4096:  # (near-uniform mantissa bytes stay raw)
+            z = zlib.compress(raw, 9)
+            if len(z) + 2 < best[0]:
+                best = (len(z) + 2, SplitPlane.ZLIB, z)
+            if _brotli is not None and "brotli" in options.codecs:
+                b = _lz("brotli", raw, options)[1]
+                if len(b) + 2 < best[0]:
+                    best = (len(b) + 2, SplitPlane.BROTLI, b)
+        meta.append(best[1])
+        if best[1] is not SplitPlane.RAW:
+            write_uvarint(meta, len(best[2]))
+        bulks.append(best[2])
+        names.append(best[1].name.lower())
+    coded = Coded(Codec.SPLIT, bytes(meta), b"".join(bulks), label=f"split[{','.join(names)}]")
+    coded.hists = hists
+    return coded
+
+
+def _parse_split(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
+    itemsize = r.u8()
+    if itemsize < 1 or raw_len % itemsize or raw_len == 0:
+        raise CorruptPackError(f"{what}: {raw_len} bytes cannot be split into {itemsize}-byte planes")
+    n = raw_len // itemsize
+    out = np.empty((n, itemsize), dtype=np.uint8)
+    pos = 0
+    for p in range(itemsize):
+        try:
+            codec = SplitPlane(r.u8())
+        except ValueError:
+            raise CorruptPackError(f"{what}: unknown plane codec in plane {p}") from None
+        if codec is SplitPlane.CONST:
+            out[:, p] = r.u8()
+            continue
+        length = n if codec is SplitPlane.RAW else r.uvarint(len(bulk) - pos, "plane size")
+        if length > len(bulk) - pos:
+            raise CorruptPackError(f"{what}: plane {p} runs past its payload")
+        part = bulk[pos : pos + length]
+        pos += length
+        if codec is not SplitPlane.RAW:
+            inner = Codec.ZLIB if codec is SplitPlane.ZLIB else Codec.BROTLI
+            part = parse_payload(inner, memoryview(b""), part, n, f"{what} (plane {p})", limits).data
+        out[:, p] = np.frombuffer(part, dtype=np.uint8)
+    r.done()
+    if pos != len(bulk):
+        raise CorruptPackError(f"{what}: planes leave {len(bulk) - pos} payload bytes unused")
+    return Parsed(data=out.tobytes(), extent=raw_len)
 
 
 def chunk_spans(size: int, itemsize: int, shape: Sequence[int] | None, chunk_bytes: int
@@ -649,6 +744,8 @@ def parse_payload(
         return _parse_groups(r, bulk, raw_len, what, limits)
     if kind is Codec.CHUNKS:
         return _parse_chunks(r, bulk, raw_len, what, limits)
+    if kind is Codec.SPLIT:
+        return _parse_split(r, bulk, raw_len, what, limits)
     return _parse_planes(r, bulk, raw_len, what, limits)
 
 

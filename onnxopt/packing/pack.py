@@ -26,6 +26,7 @@ order the batch decoder reads them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import lzma
@@ -43,6 +44,7 @@ from onnxopt.model import copy_fields, tensor_nbytes
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.bundles import THRESHOLDS, Bundle, plan_bundles
 from onnxopt.packing.codecs import (
+    C_CODECS,
     Codec,
     Coded,
     PackOptions,
@@ -114,6 +116,8 @@ class PackResult:
     skeleton_bytes: int = 0  # compressed model structure
     index_bytes: int = 0  # compressed tensor records
     file_bytes: int = 0
+    lockstep_words: int = 0  # rANS and Huffman words (0: unpacking runs no lockstep decoder)
+    lockstep_bytes: int = 0  # their bytes
 
     @property
     def data(self) -> bytes:
@@ -176,13 +180,37 @@ def pack_model(
     there as it is produced: large tensors' chunks go out as soon as they are coded and nothing of
     them is held (the header is written last); otherwise the result holds the file as ``parts``.
     """
-    from onnxopt.errors import BadModelError, UsageError
+    from onnxopt.errors import UsageError
+    from onnxopt.model import weight_bytes
 
     if options is None:
         try:
             options = PackOptions.from_codecs(codecs)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if weight_bytes(model) > options.fast_model_bytes or not options.codecs & {"rans", "huffman"}:
+        return _pack(model, options, out)
+    # a small model: also try C-decoded codecs only (no lockstep pass when unpacking), if nearly as small
+    result = _pack(model, options, None)
+    # worth it when the lockstep coders hold a small part of the data: then their fixed cost per
+    # step (not the data) is what unpacking pays; when they hold most of it, every step is wide
+    if result.lockstep_words and result.lockstep_bytes <= options.fast_lockstep_share * result.tensor_bytes_in_file:
+        only_c = dataclasses.replace(
+            options, codecs=options.codecs & C_CODECS, split_max_bytes=options.fast_model_bytes
+        )
+        fast = _pack(model, only_c, None)
+        if fast.file_bytes <= result.file_bytes + options.fast_model_margin * result.tensor_bytes_in_file:
+            result = fast
+    if out is not None:
+        for part in result.parts:
+            out.write(part)
+        result.parts = []
+    return result
+
+
+def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) -> PackResult:
+    from onnxopt.errors import BadModelError
+
     skeleton, borrowed = _skeleton_of(model)
     tensors = list(walk_tensors(skeleton))
     stream_parts: list[bytes] = []
@@ -235,7 +263,9 @@ def pack_model(
         taken[i] = p
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
-    sizes = {i: (raw_len[i], taken[i].itemsize) for i in individual if raw_len[i]}
+    sizes = {  # (chunked tensors are in the stream section already: never bundled)
+        i: (raw_len[i], taken[i].itemsize) for i in individual if raw_len[i] and individual[i].codec != Codec.CHUNKS
+    }
     bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, options))
     head_of: dict[int, Bundle] = {b.members[0]: b for b in bundles}
     bundle_number = {head: k for k, head in enumerate(sorted(head_of))}
@@ -325,7 +355,8 @@ def pack_model(
     else:
         parts = [header.pack(), *stream_parts, *tail]
     result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed),
-                        file_bytes=file_bytes)
+                        file_bytes=file_bytes, lockstep_words=header.rans_words + header.huffman_words,
+                        lockstep_bytes=header.words_bytes)
     log.info(
         "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
         len(reports),
@@ -437,6 +468,7 @@ class _Record:
     packed_len: int = 0
     crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
     bundle_len: int = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
+    ref: int = -1  # REF: the record it repeats; SLICE: its bundle's number
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -494,10 +526,10 @@ def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> 
             raw_len = implied_len(t, kind, store)
             if raw_len is None or raw_len > limits.max_tensor_bytes:
                 raise CorruptPackError(f"tensor {t.name!r}: its shape gives no valid size ({list(t.dims)})")
-        if codec in (Codec.REF, Codec.SLICE):
-            start = r.pos
-            r.uvarint(len(tensors), "record number")
-            records.append(_Record(kind, store, codec, raw_len, r.buf[start : r.pos]))
+        if codec == Codec.REF or codec == Codec.SLICE:
+            rec = _Record(kind, store, codec, raw_len)
+            rec.ref = r.uvarint(len(tensors), "record number")
+            records.append(rec)
             continue
         meta = r.take(r.uvarint(r.remaining, "metadata size"))
         packed_len = raw_len if codec == Codec.RAW else r.uvarint()
@@ -514,7 +546,7 @@ def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> 
         if rec.codec == Codec.BUNDLE:
             seen += 1
         elif rec.codec == Codec.SLICE:
-            number = Reader(rec.meta, "tensor index").uvarint()
+            number = rec.ref
             if number >= seen:
                 raise CorruptPackError(f"tensor index: slice of bundle {number} before that bundle")
             heads[number].bundle_len += rec.raw_len
@@ -581,11 +613,14 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             parsed.append(None)
             offsets.append(-1)
             continue
-        what = f"tensor {t.name!r}"
         if not field_is_empty(t, rec.kind):
-            raise CorruptPackError(f"{what}: payload field is already set in the model skeleton")
-        bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
-        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits, rec.bundle_len)
+            raise CorruptPackError(f"tensor {t.name!r}: payload field is already set in the model skeleton")
+        what = f"tensor {t.name!r}"
+        if rec.codec == Codec.REF or rec.codec == Codec.SLICE:  # (no payload of their own)
+            p = Parsed(ref=rec.ref, extent=0)
+        else:
+            bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
+            p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits, rec.bundle_len)
         if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
             raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
         if rec.codec == Codec.SLICE:  # the next bytes of that bundle

@@ -119,7 +119,8 @@ def _walk_graph(graph: onnx.GraphProto) -> Iterator[TensorProto]:
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
-        yield from _walk_nodes_attrs(node)
+        if node.attribute:  # (most nodes have none: skip the generator)
+            yield from _walk_nodes_attrs(node)
 
 
 def _walk_nodes_attrs(node: onnx.NodeProto) -> Iterator[TensorProto]:
