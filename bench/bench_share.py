@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,15 +25,7 @@ from real_data import real_feeds
 import onnxopt
 from onnxopt.packing import pack_model
 from onnxopt.passes.share_weights import ShareWeights
-from onnxopt.validate import OrtRunner, compare_outputs, summarize
-
-
-def _outputs(model: onnx.ModelProto, feeds) -> list[dict]:
-    runner = OrtRunner(model)
-    try:
-        return [runner.run(f) for f in feeds]
-    finally:
-        runner.close()
+from onnxopt.validate import compare_outputs, run_model, summarize
 
 
 def _zstd19(data: bytes) -> int:
@@ -54,7 +45,7 @@ def main() -> int:
     for path in sorted(Path(args.models).glob("*.onnx")):
         feeds = real_feeds(path, args.samples, seed=7)
         fp32 = onnxopt.optimize(str(path), passes=["simplify"], validate="off").model
-        ref = _outputs(fp32, feeds)
+        ref = run_model(fp32, feeds)
         fp32_pack = len(pack_model(fp32).data)
         zstd = _zstd19(fp32.SerializeToString())
         for bits in bits_list:
@@ -64,7 +55,7 @@ def main() -> int:
                 if not res.report.passes[0].modified:
                     cells[method] = None
                     continue
-                s = summarize(compare_outputs(ref, _outputs(res.model, feeds)))
+                s = summarize(compare_outputs(ref, run_model(res.model, feeds)))
                 cells[method] = (res.model, s)
             if cells["kmeans"] is None:
                 rows.append([path.stem, bits, "no weight shared", "", "", "", "", ""])

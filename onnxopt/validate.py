@@ -118,6 +118,17 @@ class OrtRunner:
         self._source.close()
 
 
+def run_model(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Outputs]:
+    """Outputs of ``model`` on each feed, from one onnxruntime session opened and closed here."""
+    if not feeds:
+        return []
+    runner = OrtRunner(model)
+    try:
+        return runner.run_all(feeds)
+    finally:
+        runner.close()
+
+
 def short_error(exc: BaseException) -> str:
     """First meaningful line of an onnxruntime error, without its file/line noise."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -60,7 +60,7 @@ from onnxopt.data import Feed, input_specs, synthetic_feeds
 from onnxopt.errors import UsageError
 from onnxopt.model import to_model
 from onnxopt.passes_api import Kind, Pass, PassResult
-from onnxopt.validate import Budget, OrtRunner, compare_outputs, summarize
+from onnxopt.validate import Budget, compare_outputs, run_model, summarize
 
 from .graph_utils import NameGen, all_graphs
 from .prune_graph import ChannelAnalysis, concrete_shapes, count_macs, count_params
@@ -283,8 +283,8 @@ class PruneChannels(Pass):
         # -- reconstruction and fidelity
         eval_feeds = data.eval_feeds()
         fidelity: dict[str, Any] = {"data": data.eval_source, "samples": len(eval_feeds)}
-        ref = _run(original, eval_feeds)
-        naive = summarize(compare_outputs(ref, _run(pruned_model, eval_feeds))) if eval_feeds else {}
+        ref = run_model(original, eval_feeds)
+        naive = summarize(compare_outputs(ref, run_model(pruned_model, eval_feeds))) if eval_feeds else {}
         fidelity.update(sqnr_db_pruned=naive.get("min_sqnr_db"), cosine_pruned=naive.get("min_cosine"))
         rec_stats: dict[str, Any] = {"enabled": self.reconstruct}
         if self.reconstruct and data.count:
@@ -301,7 +301,7 @@ class PruneChannels(Pass):
                                  seconds=round(time.perf_counter() - t1, 2))
                 if rec.skipped:
                     rec_stats["skipped"] = rec.skipped[:10]
-                after = summarize(compare_outputs(ref, _run(to_model(graph, like=like), eval_feeds))) \
+                after = summarize(compare_outputs(ref, run_model(to_model(graph, like=like), eval_feeds))) \
                     if eval_feeds else {}
                 fidelity.update(sqnr_db_reconstructed=after.get("min_sqnr_db"),
                                 cosine_reconstructed=after.get("min_cosine"))
@@ -384,16 +384,6 @@ class _Data:
         if self.context.validation_feeds:
             return list(self.context.validation_feeds)[:EVAL_SAMPLES]
         return list(itertools.islice(self._stream(), min(EVAL_SAMPLES, 4)))
-
-
-def _run(model: onnx.ModelProto, feeds: list[Feed]) -> list[dict[str, np.ndarray]]:
-    if not feeds:
-        return []
-    runner = OrtRunner(model)
-    try:
-        return runner.run_all(feeds)
-    finally:
-        runner.close()
 
 
 def _sqnr(summary: dict) -> float:

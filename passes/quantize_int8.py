@@ -41,7 +41,7 @@ from onnxopt.context import PassContext
 from onnxopt.errors import PassError, UsageError
 from onnxopt.model import to_graph, to_model
 from onnxopt.passes_api import Kind, Pass, PassResult
-from onnxopt.validate import OrtRunner, compare_outputs, summarize
+from onnxopt.validate import compare_outputs, run_model, summarize
 
 from .quant_bias import correct_biases
 from .quant_calib import METHODS, QParams, compute_range, qparams_u8
@@ -477,13 +477,13 @@ class QuantizeInt8(Pass):
         top1 = CLASSIFIER_TOP1 if self.min_top1 is None else self.min_top1 or None
         budget = MPBudget(None if self.min_sqnr is None else self.min_sqnr + MP_MARGIN_DB, self.min_cosine, top1)
         if budget.active and held:
-            refs = _outputs(prepared, held)
+            refs = run_model(prepared, held)
             quick_feeds = held[:2]
             quick_refs = refs[:2]
 
             def evaluate(fl: set[str], feeds=held, ref=refs, correct=bc_feeds) -> dict:
                 m, _, _ = self.build(prepared, qp, ranges, fl, float_ops, correct_on=correct)
-                return summarize(compare_outputs(ref, _outputs(m, feeds)))
+                return summarize(compare_outputs(ref, run_model(m, feeds)))
 
             plan_now, _ = self.plan(graph, chosen_float, float_ops, ranges)
             layers = plan_now.int8_nodes(COMPUTE_ROLES + ("table",))
@@ -549,31 +549,16 @@ class QuantizeInt8(Pass):
             stats["fidelity"] = {
                 "data": "validation samples (held apart from calibration)" if context.calibration is not None
                 else "synthetic validation samples (also used for calibration)",
-                **summarize(compare_outputs(_outputs(prepared, val), _outputs(model, val))),
+                **summarize(compare_outputs(run_model(prepared, val), run_model(model, val))),
             }
         _replace_graph(graph, to_graph(model))
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         return PassResult(True, stats)
 
 
-def _outputs(model: onnx.ModelProto, feeds) -> list[dict]:
-    r = OrtRunner(model)
-    try:
-        return [r.run(f) for f in feeds]
-    finally:
-        r.close()
-
-
 def fidelity(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds) -> dict:
     """Worst-case cosine / SQNR / top-1 of ``candidate`` against ``reference`` on ``feeds``."""
-    ra, rb = OrtRunner(reference), OrtRunner(candidate)
-    try:
-        refs = [ra.run(f) for f in feeds]
-        outs = [rb.run(f) for f in feeds]
-    finally:
-        ra.close()
-        rb.close()
-    return summarize(compare_outputs(refs, outs))
+    return summarize(compare_outputs(run_model(reference, feeds), run_model(candidate, feeds)))
 
 
 __all__ = ["QuantizeInt8", "fidelity"]
