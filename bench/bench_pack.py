@@ -6,7 +6,8 @@ For every ``*.onnx`` in DIR (and an int8 version of it, see below) it reports:
 
 * sizes over the same concatenated weight bytes: onnxopt's bytes for the tensors (the .onnxpack minus
   its compressed model skeleton and fixed header: coded data plus the index with coder tables, lane
-  states, lengths, shapes and a CRC32 per tensor), zlib-9, zstd-19, xz-9
+  states, lengths and a CRC32 per tensor, per bundle of small tensors and per chunk of a large
+  tensor), zlib-9, zstd-19, xz-9
   (lzma preset 9), brotli-11, byte-grouped zstd-19 (ZipNN-style: planes of equal-itemsize tensors,
   each plane compressed separately), and the order-0 entropy bounds (byte planes per tensor, the
   symbols onnxopt's coders see; and plain bytes);
@@ -162,7 +163,7 @@ def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, c
     row.weights, row.file = len(weights), len(file_bytes)
     result = pack_model(model)
     # everything the file spends on tensors: coded payloads, coder words, and the compressed index
-    # (tables, lane states, lengths, shapes and a CRC32 per tensor); only the model skeleton is excluded
+    # (tables, lane states, lengths and the CRC32s); only the model skeleton is excluded
     row.packed = result.tensor_bytes_in_file
     row.packed_file = result.file_bytes
     row.bound, row.byte_bound = result.entropy_bound_bytes, result.byte_entropy_bound_bytes

@@ -949,6 +949,9 @@ def test_bad_magic_and_version(small_pack):
     future[len(MAGIC)] = 99
     with pytest.raises(BadModelError, match="format version 99"):
         unpack_model(bytes(future))
+    future[len(MAGIC)] = 2  # the previous layout (no stream section, per-record lengths and CRCs)
+    with pytest.raises(BadModelError, match=r"format version 2 is not supported \(this onnxopt reads version 3\)"):
+        unpack_model(bytes(future))
     assert not is_packed(b"\x08\x07")
     assert is_packed(data)
 
