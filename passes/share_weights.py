@@ -2,9 +2,9 @@
 
 Each large float weight of a Conv, ConvTranspose, Gemm or MatMul (and each embedding table read by
 Gather) is stored as ``2**bits`` shared values: a uint8 index tensor of the weight's shape, a codebook
-of at most ``2**bits`` values in the weight's dtype and (``per_channel``, the default) one scale per
-output channel, decoded by ``Mul(Gather(codebook, Cast(indices, int32)), scale)`` whose output keeps
-the weight's name (Gather takes int32/int64 indices only). onnxruntime folds those nodes when it
+of at most ``2**bits`` values in the weight's dtype and (``per_channel``, the default) a scale and an
+offset per output channel, decoded by ``Gather(codebook, Cast(indices, int32)) * scale + offset``
+whose output keeps the weight's name (Gather takes int32/int64 indices only). onnxruntime folds those nodes when it
 loads the model, so inference runs the same float kernels as before (no speed change); the file
 stores 1 byte per weight instead of 4 (fp32) and, packed (``--pack``), close to ``bits`` bits.
 
@@ -12,6 +12,9 @@ Per-channel scales: each output channel is divided by its largest magnitude befo
 codebook serves filters whose scales differ by orders of magnitude (a BatchNorm folded into a Conv
 scales each filter by its own factor); k-means then weighs every value by its channel's scale
 squared, which makes it minimise the error of the weights themselves, not of the normalised ones.
+Then each channel's scale and offset are refitted by least squares: one codebook leaves each channel
+an error of non-zero mean, a systematic shift of that output (PP-OCR det at 8 bits: 13.6 dB output
+SQNR without the offset, uniform levels 20.7), which the offset removes.
 
 The codebook is a local optimum of 1-D k-means (Lloyd's iterations until no value changes cluster),
 started from values spread linearly between min and max — Deep Compression found that start best,
@@ -126,6 +129,23 @@ def channel_scales(values: np.ndarray, axis: int) -> np.ndarray:
     return np.where(scale > 0, scale, np.ones_like(scale)).astype(values.dtype)
 
 
+def channel_fit(values: np.ndarray, shared: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel least-squares ``scale`` and ``offset`` with ``values ~ shared * scale + offset``.
+
+    Sharing one codebook leaves each channel's error with a mean of its own, a systematic shift of
+    that output channel (post-ReLU inputs have large means); the affine fit removes it and can only
+    lower each channel's squared error (channels whose shared values are constant keep the offset)."""
+    others = tuple(i for i in range(values.ndim) if i != axis)
+    w = values.astype(np.float64)
+    q = shared.astype(np.float64)
+    q_mean, w_mean = q.mean(axis=others, keepdims=True), w.mean(axis=others, keepdims=True)
+    var = ((q - q_mean) ** 2).mean(axis=others, keepdims=True)
+    cov = ((q - q_mean) * (w - w_mean)).mean(axis=others, keepdims=True)
+    scale = np.where(var > 0, cov / np.where(var > 0, var, 1.0), 0.0)
+    offset = w_mean - scale * q_mean
+    return scale.astype(values.dtype), offset.astype(values.dtype)
+
+
 def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
@@ -189,7 +209,8 @@ class ShareWeights(Pass):
                 normalized = values.astype(np.float32) / scale.astype(np.float32)
                 codebook, indices = METHODS[self.method](normalized, clusters, scale.astype(np.float64) ** 2)
                 codebook = codebook.astype(values.dtype)
-                approx = codebook[indices] * scale
+                scale, offset = channel_fit(values, codebook[indices], axis)
+                approx = codebook[indices] * scale + offset
             name = const.name
             const.name = f"{name}_shared_indices"
             const.values = indices
@@ -209,9 +230,12 @@ class ShareWeights(Pass):
                 shared = gs.Variable(f"{name}_shared", dtype=values.dtype, shape=list(values.shape))
                 graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[shared],
                                            attrs={"axis": 0}))
+                scaled = gs.Variable(f"{name}_scaled", dtype=values.dtype, shape=list(values.shape))
                 graph.nodes.append(gs.Node("Mul", name=f"{name}_rescale",
-                                           inputs=[shared, gs.Constant(f"{name}_scale", scale)], outputs=[decoded]))
-                after += scale.nbytes
+                                           inputs=[shared, gs.Constant(f"{name}_scale", scale)], outputs=[scaled]))
+                graph.nodes.append(gs.Node("Add", name=f"{name}_offset",
+                                           inputs=[scaled, gs.Constant(f"{name}_offset", offset)], outputs=[decoded]))
+                after += scale.nbytes + offset.nbytes
             before += values.nbytes
             after += indices.nbytes + codebook.nbytes
             stats["tensors"][name] = {"elements": int(values.size), "codebook": len(codebook),

@@ -90,9 +90,9 @@ def test_pass_stores_indices_and_codebook_and_keeps_answers_close():
     model = _conv_gemm_model()
     result, out, _ = apply(model, ShareWeights(bits=6, min_elements=100))
     assert result.modified and set(result.stats["tensors"]) == {"conv_w", "fc_w"}
-    assert ops(out)["Gather"] == 2 and ops(out)["Cast"] == 2 and ops(out)["Mul"] == 2
+    assert ops(out)["Gather"] == 2 and ops(out)["Cast"] == 2 and ops(out)["Mul"] == 2 and ops(out)["Add"] == 3
     inits = {t.name: nh.to_array(t) for t in out.graph.initializer}
-    assert inits["conv_w_scale"].shape == (16, 1, 1, 1) and inits["fc_w_scale"].shape == (1, 10)
+    assert inits["conv_w_scale"].shape == (16, 1, 1, 1) and inits["fc_w_offset"].shape == (1, 10)
     assert inits["fc_w_shared_indices"].dtype == np.uint8 and inits["fc_w_shared_indices"].shape == (1024, 10)
     assert len(inits["fc_w_codebook"]) <= 64 and inits["fc_w_codebook"].dtype == np.float32
     assert "conv_b" in inits and "shift" in inits and "fc_w" not in inits  # biases untouched
@@ -122,6 +122,19 @@ def test_per_channel_scales_serve_filters_of_very_different_size():
         result, _, _ = apply(model, ShareWeights(bits=4, min_elements=100, per_channel=per_channel))
         worst[per_channel] = result.stats["tensors"]["conv_w"]["sqnr_db"]
     assert worst[True] > worst[False] + 3
+
+
+def test_channel_fit_removes_each_channels_mean_error_and_never_adds_error():
+    from onnxopt.passes.share_weights import channel_fit
+
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 40)).astype(np.float32) * np.float32([[0.01], [0.1], [1], [3], [10], [0.5]])
+    shared = np.round(w / np.abs(w).max(axis=1, keepdims=True) * 3) / 3  # coarse, biased per channel
+    scale, offset = channel_fit(w, shared, axis=0)
+    fitted = shared * scale + offset
+    np.testing.assert_allclose((fitted - w).mean(axis=1), 0, atol=1e-5)
+    plain = shared * np.abs(w).max(axis=1, keepdims=True)
+    assert np.all(((fitted - w) ** 2).sum(axis=1) <= ((plain - w) ** 2).sum(axis=1) * (1 + 1e-5))
 
 
 def test_small_tensors_and_non_weight_reads_are_left_alone():
