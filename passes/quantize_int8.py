@@ -5,7 +5,8 @@ output still float; opset >= 13 (the manager upgrades first).
 
 Steps (each reported in the stats):
 1. preprocessing (``quant_prep``): Constant-node weights to initializers, inference no-ops out,
-   BatchNorm and affine Mul/Add folded into Conv, Gemm alpha/beta folded, MatMul + bias -> Gemm;
+   BatchNorm and affine Mul/Add folded into Conv, Gemm alpha/beta folded, MatMul + bias -> Gemm,
+   Conv -> PRelu respelled ``a*x + (1-a)*Relu(x)``;
 2. optional cross-layer equalization (``quant_equalize``), data-driven, for Conv -> [Relu] -> Conv;
 3. placement (``quant_graph``): which nodes run int8 and where Q/DQ go, following onnxruntime's
    QDQ selectors; Relu/Clip absorbed, Mul/Div by constants folded into DQ scales, embedding tables
@@ -13,12 +14,14 @@ Steps (each reported in the stats):
 4. calibration (``quant_calib``): one streamed pass, histograms only, range by minmax /
    percentile / entropy / mse;
 5. speed guard (``quant_select``): a few selections (all, no depthwise, intensity cuts) timed
-   against fp32 in this process, interleaved; the fastest that beats fp32 wins, else no change;
+   against fp32 in this process, interleaved; the fastest that beats fp32 wins, else no change
+   (when step 1 respelled PRelus, the float model with that rewrite competes too, and may be the output);
 6. emission: uint8 activations, int8 symmetric per-channel weights stored quantized behind a
    DequantizeLinear, int32 biases at ``s_x * s_w``; sequential empirical bias correction
    (``quant_bias``) of every int8 Conv/Gemm;
 7. mixed precision (``quant_select``): per-layer damage, then the most int8 layers that still meet
-   ``min_sqnr`` / ``min_cosine`` / ``min_top1`` (binary search), reported layer by layer;
+   ``min_sqnr`` / ``min_cosine`` / ``min_top1`` (binary search; top-1 0.99 on class-score outputs
+   unless told otherwise), reported layer by layer;
 8. proof: onnxruntime's optimized graph counted (int8 kernels vs float compute left), latency
    int8 vs fp32 interleaved (and the model kept float if int8 no longer wins), fidelity on the
    run's validation samples, which are held apart from calibration when the run has them.
