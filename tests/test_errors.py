@@ -76,3 +76,14 @@ def test_unknown_pass_lists_the_passes_and_points_at_help(capsys, tmp_path, mlp_
     assert main([str(mlp_path), str(tmp_path / "o.onnx"), "--passes", "cleanup,make-it-fast"]) == 2
     err = _one_line(capsys)
     assert "'make-it-fast'" in err and "cleanup" in err and "onnxopt --help" in err
+
+
+def test_corrupt_packed_file_says_to_pack_again(tmp_path, capsys, mlp_path):
+    packed = tmp_path / "m.onnxpack"
+    assert main([str(mlp_path), str(packed), "--pack", "-q"]) == 0
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    packed.write_bytes(bytes(data))
+    assert main(["unpack", str(packed), str(tmp_path / "back.onnx"), "-q"]) == 2
+    err = _one_line(capsys)
+    assert str(packed) in err and "corrupt packed file" in err and "pack the original model again" in err

@@ -238,8 +238,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     for i, t in enumerate(tensors):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise BadModelError(
-                f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first"
-            )
+                f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first",
+                advice="")
         source = borrowed.get(i)
         if source is not None:  # a large raw initializer: read from the model, never copied into the skeleton
             p = Payload(Kind.RAW_DATA, source.raw_data, raw_itemsize(t.data_type))
@@ -563,15 +563,17 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
     """
     from onnxopt.errors import BadModelError
 
+    advice = "the file is damaged or was not written by this onnxopt: pack the original model again"
     try:
         return _unpack(memoryview(data), limits)
     except CorruptPackError as exc:
-        raise BadModelError(f"{source}: corrupt packed file: {exc}") from None
+        raise BadModelError(f"{source}: corrupt packed file: {exc}", advice=advice) from None
     except MemoryError:
-        raise BadModelError(f"{source}: corrupt packed file: declared sizes do not fit in memory") from None
+        raise BadModelError(f"{source}: corrupt packed file: declared sizes do not fit in memory",
+                            advice=advice) from None
     except (ValueError, TypeError, IndexError, OverflowError, KeyError, DecodeError) as exc:
         log.debug("unpack failed", exc_info=True)
-        raise BadModelError(f"{source}: corrupt packed file ({type(exc).__name__}: {exc})") from None
+        raise BadModelError(f"{source}: corrupt packed file ({type(exc).__name__}: {exc})", advice=advice) from None
 
 
 def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
