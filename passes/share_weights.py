@@ -30,15 +30,20 @@ fidelity budget is the run's (cosine 0.99, 20 dB) unless ``--min-*`` flags say o
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from onnxopt.context import PassContext
 from onnxopt.errors import UsageError
+from onnxopt.model import weight_bytes
 from onnxopt.passes_api import Kind, Pass, PassResult
+from onnxopt.validate import compare_outputs, run_model, summarize
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ log = logging.getLogger(__name__)
 WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
 FLOAT_DTYPES = (np.float32, np.float16)
 MAX_ITERATIONS = 100
+#: method "auto" compares its variants on this many validation feeds, for models up to this size
+SEARCH_SAMPLES = 8
+SEARCH_BYTES = 256 * 2**20
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, weights: np.ndarray | None = None
@@ -153,6 +161,45 @@ def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)
 
 
+@dataclass
+class Encoding:
+    """One weight as shared values: ``codebook[indices] * scale + offset`` (scale/offset may be None)."""
+
+    indices: np.ndarray
+    codebook: np.ndarray
+    scale: np.ndarray | None
+    offset: np.ndarray | None
+
+    def decoded(self) -> np.ndarray:
+        """The values onnxruntime computes at load (same float operations, same order)."""
+        out = self.codebook[self.indices]
+        if self.scale is not None:
+            out = out * self.scale
+        if self.offset is not None:
+            out = out + self.offset
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.indices, self.codebook, self.scale, self.offset) if a is not None)
+
+
+def encode(values: np.ndarray, axis: int | None, clusters: int, method: str, offset: bool) -> Encoding:
+    """Share ``values``: per-channel (``axis`` given) scale by the largest magnitude, ``method``'s
+    codebook, then with ``offset`` the per-channel least-squares scale and offset."""
+    if axis is None:
+        codebook, indices = METHODS[method](values, clusters)
+        return Encoding(indices, codebook, None, None)
+    scale = channel_scales(values, axis)
+    normalized = values.astype(np.float32) / scale.astype(np.float32)
+    codebook, indices = METHODS[method](normalized, clusters, scale.astype(np.float64) ** 2)
+    codebook = codebook.astype(values.dtype)
+    if not offset:
+        return Encoding(indices, codebook, scale, None)
+    scale, shift = channel_fit(values, codebook[indices], axis)
+    return Encoding(indices, codebook, scale, shift)
+
+
 class ShareWeights(Pass):
     """Store each large float weight as ``2**bits`` shared values (uint8 indices + codebook + Gather)."""
 
@@ -160,21 +207,24 @@ class ShareWeights(Pass):
     kind = Kind.LOSSY
     needs_shapes = False
 
-    def __init__(self, bits: int = 6, min_elements: int = 1024, method: str = "kmeans",
-                 per_channel: bool = True) -> None:
-        """``method``: "kmeans" (the pass), or "uniform" (evenly spaced levels: the baseline it is
-        benchmarked against). ``per_channel``: divide each output channel by its largest magnitude
-        before sharing and multiply back at load (one float per channel)."""
+    def __init__(self, bits: int = 6, min_elements: int = 1024, method: str = "auto",
+                 per_channel: bool = True, offset: bool = True) -> None:
+        """``method``: "kmeans", "uniform" (evenly spaced levels: the baseline k-means is benchmarked
+        against), or "auto": both, with and without the per-channel offset, the variant whose outputs
+        stay closest to the model's on the run's validation feeds is kept. ``per_channel``: divide each
+        output channel by its largest magnitude before sharing (one scale per channel); ``offset``
+        (explicit method only): refit each channel's scale and offset by least squares."""
         if not isinstance(bits, int) or not 1 <= bits <= 8:
             raise UsageError(f"share-weights: bits must be an integer in 1..8, got {bits!r}")
         if min_elements < 1:
             raise UsageError(f"share-weights: min_elements must be >= 1, got {min_elements}")
-        if method not in METHODS:
-            raise UsageError(f"share-weights: method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method not in (*METHODS, "auto"):
+            raise UsageError(f"share-weights: method must be one of auto, {', '.join(METHODS)}, got {method!r}")
         self.bits = bits
         self.min_elements = int(min_elements)
         self.method = method
         self.per_channel = bool(per_channel)
+        self.offset = bool(offset)
 
     def _candidates(self, graph: gs.Graph) -> list[tuple[gs.Constant, int | None]]:
         """Float constants of at least ``min_elements`` read only as weights, with their channel axis."""
@@ -194,59 +244,84 @@ class ShareWeights(Pass):
         return [(t, axis) for name, (t, axis) in out.items()
                 if name not in blocked and t.dtype in FLOAT_DTYPES and int(np.prod(t.shape)) >= self.min_elements]
 
+    def _variants(self, has_axis: bool) -> list[tuple[str, bool]]:
+        if self.method != "auto":
+            return [(self.method, self.offset and has_axis)]
+        offsets = (True, False) if has_axis else (False,)
+        return [(m, o) for m in ("kmeans", "uniform") for o in offsets]
+
+    def _choose(self, variants: dict[str, dict[str, Encoding]], context: PassContext, stats: dict) -> str:
+        """The variant whose outputs stay closest (worst output SQNR, then cosine) to the model's."""
+        labels = list(variants)
+        feeds = list(context.validation_feeds)[:SEARCH_SAMPLES]
+        if len(labels) == 1 or not feeds or context.model is None or weight_bytes(context.model) > SEARCH_BYTES:
+            return labels[0]
+        reference = run_model(context.model, feeds)
+        scores: dict[str, dict] = {}
+        for label, encodings in variants.items():
+            trial = onnx.ModelProto()
+            trial.CopyFrom(context.model)
+            for init in trial.graph.initializer:
+                if init.name in encodings:
+                    init.CopyFrom(numpy_helper.from_array(encodings[init.name].decoded(), init.name))
+            scores[label] = summarize(compare_outputs(reference, run_model(trial, feeds)))
+        stats["variants"] = {k: {"min_sqnr_db": round(v.get("min_sqnr_db", float("nan")), 2),
+                                 "min_cosine": round(v.get("min_cosine", float("nan")), 5)} for k, v in scores.items()}
+        return max(labels, key=lambda k: (scores[k].get("min_sqnr_db", -math.inf), scores[k].get("min_cosine", -1)))
+
     def run(self, graph: gs.Graph, context: PassContext) -> PassResult:
         clusters = 2 ** self.bits
-        stats: dict[str, Any] = {"bits": self.bits, "method": self.method, "per_channel": self.per_channel,
-                                 "tensors": {}}
-        before = after = 0
-        for const, axis in self._candidates(graph):
-            values = np.asarray(const.values)
-            scale = channel_scales(values, axis) if self.per_channel and axis is not None else None
-            if scale is None:
-                codebook, indices = METHODS[self.method](values, clusters)
-                approx = codebook[indices]
-            else:
-                normalized = values.astype(np.float32) / scale.astype(np.float32)
-                codebook, indices = METHODS[self.method](normalized, clusters, scale.astype(np.float64) ** 2)
-                codebook = codebook.astype(values.dtype)
-                scale, offset = channel_fit(values, codebook[indices], axis)
-                approx = codebook[indices] * scale + offset
-            name = const.name
-            const.name = f"{name}_shared_indices"
-            const.values = indices
-            decoded = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
-            for consumer in list(const.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is const:
-                        consumer.inputs[i] = decoded
-            wide = gs.Variable(f"{name}_shared_indices_int32", dtype=np.int32, shape=list(values.shape))
-            graph.nodes.append(gs.Node("Cast", name=f"{name}_widen", inputs=[const], outputs=[wide],
-                                       attrs={"to": onnx.TensorProto.INT32}))
-            book = gs.Constant(f"{name}_codebook", codebook)
-            if scale is None:
-                graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[decoded],
-                                           attrs={"axis": 0}))
-            else:
-                shared = gs.Variable(f"{name}_shared", dtype=values.dtype, shape=list(values.shape))
-                graph.nodes.append(gs.Node("Gather", name=f"{name}_decode", inputs=[book, wide], outputs=[shared],
-                                           attrs={"axis": 0}))
-                scaled = gs.Variable(f"{name}_scaled", dtype=values.dtype, shape=list(values.shape))
-                graph.nodes.append(gs.Node("Mul", name=f"{name}_rescale",
-                                           inputs=[shared, gs.Constant(f"{name}_scale", scale)], outputs=[scaled]))
-                graph.nodes.append(gs.Node("Add", name=f"{name}_offset",
-                                           inputs=[scaled, gs.Constant(f"{name}_offset", offset)], outputs=[decoded]))
-                after += scale.nbytes + offset.nbytes
-            before += values.nbytes
-            after += indices.nbytes + codebook.nbytes
-            stats["tensors"][name] = {"elements": int(values.size), "codebook": len(codebook),
-                                      "channel_axis": None if scale is None else axis,
-                                      "sqnr_db": round(sqnr_db(values, approx), 2)}
-        if not stats["tensors"]:
+        stats: dict[str, Any] = {"bits": self.bits, "per_channel": self.per_channel, "tensors": {}}
+        targets = [(const, axis if self.per_channel else None) for const, axis in self._candidates(graph)]
+        if not targets:
             stats["reason"] = f"no float weight of {self.min_elements}+ elements read only as a weight"
             return PassResult(False, stats)
+        variants: dict[str, dict[str, Encoding]] = {}
+        for method, offset in self._variants(any(axis is not None for _, axis in targets)):
+            variants[f"{method}{'+offset' if offset else ''}"] = {
+                const.name: encode(np.asarray(const.values), axis, clusters, method, offset and axis is not None)
+                for const, axis in targets}
+        chosen = self._choose(variants, context, stats)
+        stats["variant"] = chosen
+        before = after = 0
+        for const, axis in targets:
+            values = np.asarray(const.values)
+            enc = variants[chosen][const.name]
+            stats["tensors"][const.name] = {"elements": int(values.size), "codebook": len(enc.codebook),
+                                            "channel_axis": axis, "sqnr_db": round(sqnr_db(values, enc.decoded()), 2)}
+            before += values.nbytes
+            after += enc.nbytes
+            _decode_in_graph(graph, const, enc)
         graph.toposort()
         stats["weight_bytes"] = {"before": before, "after": after}
         finite = [s["sqnr_db"] for s in stats["tensors"].values() if np.isfinite(s["sqnr_db"])]
         stats["min_weight_sqnr_db"] = min(finite) if finite else None
-        log.info("share-weights: %d tensors, %d -> %d bytes", len(stats["tensors"]), before, after)
+        log.info("share-weights: %d tensors (%s), %d -> %d bytes", len(targets), chosen, before, after)
         return PassResult(True, stats)
+
+
+def _decode_in_graph(graph: gs.Graph, const: gs.Constant, enc: Encoding) -> None:
+    """Replace weight ``const`` by its indices and the nodes that decode them under its own name."""
+    name, dtype, shape = const.name, enc.codebook.dtype, list(const.shape)
+    const.name = f"{name}_shared_indices"
+    const.values = enc.indices
+    decoded = gs.Variable(name, dtype=dtype, shape=shape)
+    for consumer in list(const.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is const:
+                consumer.inputs[i] = decoded
+    wide = gs.Variable(f"{name}_shared_indices_int32", dtype=np.int32, shape=shape)
+    graph.nodes.append(gs.Node("Cast", name=f"{name}_widen", inputs=[const], outputs=[wide],
+                               attrs={"to": onnx.TensorProto.INT32}))
+    steps = [("Gather", gs.Constant(f"{name}_codebook", enc.codebook))]
+    if enc.scale is not None:
+        steps.append(("Mul", gs.Constant(f"{name}_scale", enc.scale)))
+    if enc.offset is not None:
+        steps.append(("Add", gs.Constant(f"{name}_offset", enc.offset)))
+    current: gs.Tensor = wide
+    for k, (op, operand) in enumerate(steps):
+        out = decoded if k == len(steps) - 1 else gs.Variable(f"{name}_{op.lower()}", dtype=dtype, shape=shape)
+        inputs = [operand, current] if op == "Gather" else [current, operand]
+        graph.nodes.append(gs.Node(op, name=f"{name}_{op.lower()}_decode", inputs=inputs, outputs=[out],
+                                   attrs={"axis": 0} if op == "Gather" else {}))
+        current = out

@@ -137,6 +137,26 @@ def test_channel_fit_removes_each_channels_mean_error_and_never_adds_error():
     assert np.all(((fitted - w) ** 2).sum(axis=1) <= ((plain - w) ** 2).sum(axis=1) * (1 + 1e-5))
 
 
+def test_auto_keeps_the_variant_closest_to_the_model_on_validation_feeds():
+    from onnxopt.context import PassContext
+    from onnxopt.model import to_graph, to_model
+
+    model = _conv_gemm_model()
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32)} for i in range(4)]
+    graph = to_graph(model)
+    result = ShareWeights(bits=3, min_elements=100).run(graph, PassContext(model=model, validation_feeds=feeds))
+    scores = result.stats["variants"]
+    assert set(scores) == {"kmeans+offset", "kmeans", "uniform+offset", "uniform"}
+    best = max(scores, key=lambda k: scores[k]["min_sqnr_db"])
+    assert result.stats["variant"] == best
+    out = to_model(graph, like=model)
+    ref = [run(model, f)[0] for f in feeds]
+    got = [run(out, f)[0] for f in feeds]
+    noise = sum(float(((r - g) ** 2).sum()) for r, g in zip(ref, got))
+    signal = sum(float((r ** 2).sum()) for r in ref)
+    assert abs(10 * np.log10(signal / noise) - scores[best]["min_sqnr_db"]) < 0.05  # the graph holds that variant
+
+
 def test_small_tensors_and_non_weight_reads_are_left_alone():
     rng = np.random.default_rng(5)
     big = rng.standard_normal((64, 64)).astype(np.float32)
@@ -165,7 +185,7 @@ def test_a_weight_shared_by_two_consumers_is_decoded_once():
 
 @pytest.mark.parametrize("kwargs, text", [({"bits": 0}, "bits must be an integer in 1..8"),
                                           ({"bits": 9}, "bits must be"), ({"min_elements": 0}, "min_elements"),
-                                          ({"method": "median"}, "method must be one of kmeans, uniform")])
+                                          ({"method": "median"}, "method must be one of auto, kmeans, uniform")])
 def test_bad_options_are_usage_errors(kwargs, text):
     with pytest.raises(UsageError, match=text):
         ShareWeights(**kwargs)
