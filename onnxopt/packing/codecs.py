@@ -507,11 +507,16 @@ def code_split(data: bytes, itemsize: int, options: PackOptions, hists: list[np.
     return coded
 
 
-def _parse_split(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
+def _plane_layout(r: Reader, raw_len: int, what: str) -> tuple[int, int]:
+    """Bytes per value and value count of a payload coded as byte planes, checked against its length."""
     itemsize = r.u8()
     if itemsize < 1 or raw_len % itemsize or raw_len == 0:
         raise CorruptPackError(f"{what}: {raw_len} bytes cannot be split into {itemsize}-byte planes")
-    n = raw_len // itemsize
+    return itemsize, raw_len // itemsize
+
+
+def _parse_split(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
+    itemsize, n = _plane_layout(r, raw_len, what)
     out = np.empty((n, itemsize), dtype=np.uint8)
     pos = 0
     for p in range(itemsize):
@@ -798,10 +803,7 @@ def _parse_groups(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
 
 
 def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
-    itemsize = r.u8()
-    if itemsize < 1 or raw_len % itemsize or raw_len == 0:
-        raise CorruptPackError(f"{what}: {raw_len} bytes cannot be split into {itemsize}-byte planes")
-    n = raw_len // itemsize
+    itemsize, n = _plane_layout(r, raw_len, what)
     parsed = Parsed(itemsize=itemsize, extent=raw_len)
     for p in range(itemsize):
         try:
