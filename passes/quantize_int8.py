@@ -455,6 +455,7 @@ class QuantizeInt8(Pass):
                 cands.append(Candidate(PREPARED_FLOAT, set(costs) | set(float_nodes), prepared, 0))
             # the float reference is the model as the pass received it: the rewrites of step 1 may
             # cost float speed, and int8 has to beat what the user would run without it
+            model = plan = None  # the last candidate built: only ``cands`` may hold it (choose_fastest frees it)
             decision = choose_fastest(base, cands, timing_feeds, threads=self.threads, margin=SPEED_MARGIN)
             stats["speed_guard"] = decision.stats()
             if decision.chosen == PREPARED_FLOAT:
