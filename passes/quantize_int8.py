@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +44,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.activations import collect_stats
 from onnxopt.context import PassContext
 from onnxopt.errors import PassError, UsageError
-from onnxopt.model import to_graph, to_model
+from onnxopt.model import load, save, structure_copy, to_graph, to_model
 from onnxopt.passes_api import Kind, Pass, PassResult
 from onnxopt.validate import compare_outputs, run_model, summarize
 
@@ -339,7 +341,8 @@ class QuantizeInt8(Pass):
                 means = {n: s.channel_abs_mean for n, s in cst.items() if s.channel_abs_mean is not None}
                 stats["equalization"] = equalize(graph, means)
                 prepared = to_model(graph, like=base)
-        if context.model_releasable:
+        released = context.model_releasable
+        if released:
             # a large model: one copy of the weights, not two. The graph now reads the prepared model's
             # tensors and the model the pass was given goes (the manager keeps it on disk); float
             # timings then use the prepared model as the reference (the same weights after step 1)
@@ -456,7 +459,25 @@ class QuantizeInt8(Pass):
             # the float reference is the model as the pass received it: the rewrites of step 1 may
             # cost float speed, and int8 has to beat what the user would run without it
             model = plan = None  # the last candidate built: only ``cands`` may hold it (choose_fastest frees it)
-            decision = choose_fastest(base, cands, timing_feeds, threads=self.threads, margin=SPEED_MARGIN)
+            parked = None
+            if released:
+                # a huge model: the float weights wait on disk while onnxruntime times them, so memory
+                # holds the float session's own (prepacked) copy and not Python's as well
+                parked = tempfile.TemporaryDirectory(prefix="onnxopt-float-")
+                float_path = os.path.join(parked.name, "float.onnx")
+                save(prepared, float_path, external_data=True)
+                _replace_graph(graph, to_graph(structure_copy(prepared)))
+                for c in cands:
+                    if c.model is prepared:
+                        c.model = float_path  # type: ignore[assignment]
+                base = prepared = by_name = None  # type: ignore[assignment]  (by_name: the old graph's nodes)
+                gc.collect()
+            decision = choose_fastest(float_path if parked else base, cands, timing_feeds, threads=self.threads,
+                                      margin=SPEED_MARGIN)
+            if parked is not None:
+                base = prepared = load(float_path, check=False)
+                _replace_graph(graph, to_graph(prepared, infer=True))
+                parked.cleanup()
             stats["speed_guard"] = decision.stats()
             if decision.chosen == PREPARED_FLOAT:
                 # ``graph`` holds the prepared float model: exact rewrites, float rounding only
