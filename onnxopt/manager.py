@@ -192,11 +192,10 @@ class PassManager:
 
         def start_model() -> onnx.ModelProto:
             """The model the pass started from: still in memory, or read back from the snapshot."""
-            kept = current if current is not None else context.model
             if handover is None:
-                return kept
+                return current
             try:
-                return kept if kept is not None else handover.take()
+                return context.model if context.model is not None else handover.take()
             finally:
                 handover.drop()
 
@@ -227,11 +226,7 @@ class PassManager:
                 handover.drop()
             return candidate, previous_outputs
         t1 = time.perf_counter()
-        if handover is not None:
-            snapshot = handover
-        else:
-            snapshot = _Snapshot(context.model if current is None else current,
-                                 spill=weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES)
+        snapshot = handover or _Snapshot(current, spill=weight_bytes(candidate) > SPILL_SNAPSHOT_BYTES)
         context.model = None  # type: ignore[assignment]
         current = None  # a spilled snapshot gives onnxruntime the memory it held; a rollback reads it back
         if snapshot.spilled:

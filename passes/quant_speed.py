@@ -96,24 +96,22 @@ def kernel_counts(model: onnx.ModelProto) -> dict:
     }
 
 
-def interleaved_latency(models: list[onnx.ModelProto | str] | Sequence[onnx.ModelProto | str],
-                        feeds: Sequence[Feed], *, repeat: int = 20, threads: int = 1, warmup: int = 2,
-                        budget_s: float | None = None, release: bool = False) -> list[float]:
+def interleaved_latency(models: list[onnx.ModelProto | str], feeds: Sequence[Feed], *, repeat: int = 20,
+                        threads: int = 1, warmup: int = 2, budget_s: float | None = None,
+                        release: bool = False) -> list[float]:
     """Median seconds per run of each model, measured round-robin in one process.
 
     Every round runs each model once on the same feed (feeds cycle across rounds); odd rounds run
     the models in reverse order, so a slow drift of the machine hits all of them alike.
     ``budget_s`` stops early (after at least 5 rounds) once that much wall time was spent.
-    ``release`` empties the ``models`` list as the sessions are made, so a model nobody else holds
-    is freed before the next session is built.
+    ``release`` sets each entry of ``models`` to None once its session exists, so a model nobody
+    else holds is freed before the next session is built.
     """
     sessions = []
     for i in range(len(models)):
         sessions.append(session(models[i], threads=threads))
         if release:
             models[i] = None  # type: ignore[index]
-    if release:
-        models.clear()  # type: ignore[union-attr]
     names = [[i.name for i in s.get_inputs()] for s in sessions]
     feeds = list(feeds)
     for _ in range(warmup):

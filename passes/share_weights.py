@@ -158,7 +158,7 @@ def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
     signal = float((ref * ref).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)
+    return float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-300) / noise))
 
 
 @dataclass
