@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import lzma
+import os
 import struct
 import zlib
 
@@ -23,6 +24,7 @@ from onnxopt.packing import (
     PackOptions,
     huffman,
     is_packed,
+    native,
     ort_session,
     pack_model,
     rans,
@@ -595,6 +597,51 @@ def test_huffman_roundtrip(planes, lanes):
     assert ok
     for a, b in zip(planes, decoded):
         assert np.array_equal(a, b)
+
+
+def _decode_both_ways(module, encoded, sizes, monkeypatch):
+    """Decode with the compiled loops and with the numpy reference loops: (ok, planes) of each."""
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("ONNXOPT_NATIVE", flag)
+        results.append(_decode_streams(module, encoded, sizes))
+    return results
+
+
+@pytest.mark.skipif(not native.available(), reason="the compiled lane decoder is not built")
+@FAST
+@given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES, damage=st.integers(0, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_compiled_and_numpy_decoders_agree(planes, lanes, damage, seed):
+    """Same streams, same verdict: both decoders read the same files and reject the same damage."""
+    monkeypatch = pytest.MonkeyPatch()
+    rng = np.random.default_rng(seed)
+    try:
+        for module in (rans, huffman):
+            encoded = [module.encode(p, lanes[i % 4]) for i, p in enumerate(planes)]
+            e = encoded[int(rng.integers(len(encoded)))]
+            if damage == 3 and e.words.size:  # the word section ends early
+                cut = int(rng.integers(1, e.words.size + 1))
+                e.words, e.word_step, e.word_lane = e.words[:-cut], e.word_step[:-cut], e.word_lane[:-cut]
+            elif damage and e.words.size:  # flipped bits
+                e.words = e.words.copy()
+                e.words[rng.integers(0, e.words.size, damage)] ^= e.words.dtype.type(1 << int(rng.integers(16)))
+            sizes = [p.size for p in planes]
+            (ok_c, planes_c), (ok_n, planes_n) = _decode_both_ways(module, encoded, sizes, monkeypatch)
+            assert ok_c == ok_n
+            assert ok_c or damage
+            if ok_c:
+                for a, b in zip(planes_c, planes_n):
+                    assert np.array_equal(a, b)
+    finally:
+        monkeypatch.undo()
+
+
+def test_compiled_decoder_is_built_when_required():
+    """CI sets ONNXOPT_REQUIRE_NATIVE=1, so a broken build cannot silently fall back to numpy."""
+    if os.environ.get("ONNXOPT_REQUIRE_NATIVE") != "1":
+        pytest.skip("ONNXOPT_REQUIRE_NATIVE is not set")
+    assert native.available()
 
 
 @FAST

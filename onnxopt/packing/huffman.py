@@ -19,6 +19,7 @@ import heapq
 
 import numpy as np
 
+from onnxopt.packing import native
 from onnxopt.packing.format import (
     CorruptPackError,
     Limits,
@@ -209,7 +210,17 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
     """Decode all ``streams`` in lockstep into ``out`` (uint8); False if the data is inconsistent."""
     if not streams:
         return words.size == 0
-    batch = LaneBatch(streams, words.astype(np.uint64), np.uint64)
+    if native.available():
+        batch = LaneBatch(streams, words, np.uint64)
+        ok = native.huffman_loop(batch, words, out)
+    else:
+        batch = LaneBatch(streams, words.astype(np.uint64), np.uint64)
+        ok = _numpy_loop(batch, out)
+    return ok and batch.all_read()
+
+
+def _numpy_loop(batch: LaneBatch, out: np.ndarray) -> bool:
+    """The reference decoder loop, one numpy call per operation over the live lanes of a step."""
     buf = batch.states
     tab = batch.tables.astype(np.uint16, copy=False)
     total = batch.total_lanes
@@ -241,4 +252,4 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
                 return False
             buf[idx] = (buf[idx] << np.uint64(WORD_BITS)) | chunk
             bits[idx] += np.uint64(WORD_BITS)
-    return batch.all_read()
+    return True

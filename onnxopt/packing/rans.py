@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxopt.packing import native
 from onnxopt.packing.format import (
     CorruptPackError,
     Limits,
@@ -310,7 +311,21 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
     """
     if not streams:
         return words.size == 0
-    batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
+    if native.available():
+        batch = LaneBatch(streams, words, np.uint32)
+        x = native.rans_loop(batch, words, out)
+    else:
+        batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
+        x = _numpy_loop(batch, out)
+    if x is None or not batch.all_read() or not bool(((x >> np.uint32(16)) == 1).all()):
+        return False
+    for stream, (lo, hi) in zip(batch.ordered, batch.lane_ranges):
+        stream.carry = x[lo:hi].astype(np.uint16)
+    return True
+
+
+def _numpy_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:
+    """The reference decoder loop, one numpy call per operation over the live lanes of a step."""
     x = batch.states
     tab = batch.tables.astype(np.uint32, copy=False)
     total = batch.total_lanes
@@ -340,10 +355,6 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
         if idx.size:
             chunk = batch.next_words(idx.size)
             if chunk is None:
-                return False
+                return None
             x[idx] = (x[idx] << np.uint32(16)) | chunk
-    if not batch.all_read() or not bool(((x >> np.uint32(16)) == 1).all()):
-        return False
-    for stream, (lo, hi) in zip(batch.ordered, batch.lane_ranges):
-        stream.carry = x[lo:hi].astype(np.uint16)
-    return True
+    return x

@@ -1,0 +1,97 @@
+"""The compiled lane-decoder loops (``_lanes.c``), when the install built them.
+
+``pip install`` compiles ``onnxopt/packing/_lanes.c`` as an optional extension: without a C compiler
+the install still succeeds and unpacking uses the numpy decoders in rans.py and huffman.py, which read
+the same files (about 5-10x slower on int8 models). ``ONNXOPT_NATIVE=0`` forces the numpy decoders
+(the tests use it to check that both agree).
+
+ctypes rather than the CPython API: the loops take plain arrays, so the C file stays a pair of loops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from onnxopt.packing.lanes import LaneBatch
+
+log = logging.getLogger(__name__)
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    spec = importlib.util.find_spec("onnxopt.packing._lanes")
+    if spec is None or not spec.origin:
+        log.debug("compiled lane decoder not built; using the numpy decoders")
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError as exc:  # a stale or foreign build
+        log.debug("compiled lane decoder unusable (%s); using the numpy decoders", exc)
+        return None
+    lib.rans_decode.restype = _I
+    lib.rans_decode.argtypes = [_P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
+    lib.huffman_decode.restype = _I
+    lib.huffman_decode.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
+    return lib
+
+
+def available() -> bool:
+    """True when the compiled loops are built and not switched off with ``ONNXOPT_NATIVE=0``."""
+    return os.environ.get("ONNXOPT_NATIVE", "1") != "0" and _library() is not None
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def _layout(batch: LaneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's per-lane arrays as the C loops take them (contiguous int64)."""
+    as64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    return as64(batch.tbase), as64(batch.pos), as64(batch.step_stride), as64(batch.alive_lanes)
+
+
+def rans_loop(batch: LaneBatch, words: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+    """Run every lane of ``batch`` to its end; the final states, or None if the words ran out.
+
+    Advances ``batch.read`` by the words consumed, as the numpy loop does.
+    """
+    lib = _library()
+    x = np.ascontiguousarray(batch.states, dtype=np.uint32).copy()
+    tab = np.ascontiguousarray(batch.tables, dtype=np.uint32)
+    w = np.ascontiguousarray(words, dtype=np.uint16)
+    tbase, pos, stride, alive = _layout(batch)
+    read = lib.rans_decode(
+        _ptr(x), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,
+        _ptr(w), w.size, _ptr(out), out.size,
+    )
+    if read < 0:
+        return None
+    batch.read = int(read)
+    return x
+
+
+def huffman_loop(batch: LaneBatch, words: np.ndarray, out: np.ndarray) -> bool:
+    """Run every lane of ``batch`` to its end; False if the words ran out."""
+    lib = _library()
+    buf = np.ascontiguousarray(batch.states, dtype=np.uint64).copy()
+    bits = np.full(batch.total_lanes, 32, dtype=np.int64)
+    tab = np.ascontiguousarray(batch.tables, dtype=np.uint16)
+    w = np.ascontiguousarray(words, dtype=np.uint32)
+    tbase, pos, stride, alive = _layout(batch)
+    read = lib.huffman_decode(
+        _ptr(buf), _ptr(bits), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,
+        _ptr(w), w.size, _ptr(out), out.size,
+    )
+    if read < 0:
+        return False
+    batch.read = int(read)
+    return True
