@@ -177,10 +177,6 @@ def mlp_model(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
     )
 
 
-#: small test models would otherwise be packed with C-decoded codecs only (PackOptions.fast_model_bytes)
-LOCKSTEP = PackOptions(fast_model_bytes=0)
-
-
 def assert_roundtrip(model: onnx.ModelProto, **kwargs) -> bytes:
     before = model.SerializeToString()
     packed = pack_model(model, **kwargs).data
@@ -188,8 +184,9 @@ def assert_roundtrip(model: onnx.ModelProto, **kwargs) -> bytes:
     assert is_packed(packed)
     restored = unpack_model(packed)
     assert restored.SerializeToString() == before
-    if not kwargs:  # and with the lockstep coders, which the default may have passed over
-        assert unpack_model(pack_model(model, options=LOCKSTEP).data).SerializeToString() == before
+    if not kwargs:  # and with the LZ / split / row-group payloads, which the default may have passed over
+        lz_only = PackOptions(codecs=frozenset({"raw", "zlib", "lzma", "brotli", "split", "groups"}))
+        assert unpack_model(pack_model(model, options=lz_only).data).SerializeToString() == before
     return packed
 
 
@@ -223,7 +220,7 @@ def test_large_tensors_use_entropy_coders_and_stay_exact():
         ]
     )
     assert_roundtrip(model)
-    result = pack_model(model, options=LOCKSTEP)
+    result = pack_model(model)
     by_name = {t.name: t for t in result.tensors}
     assert by_name["big"].codec.startswith("planes[")
     assert by_name["big"].packed_bytes < 0.9 * by_name["big"].raw_bytes
@@ -313,7 +310,7 @@ def test_chunked_tensors_are_never_bundled():
     inits = [numpy_helper.from_array(np.round(rng.standard_normal(1300) * 3).astype(np.float32), f"t{k}")
              for k in range(10)]
     model = _model(inits)
-    options = PackOptions(fast_model_bytes=0, chunk_min_bytes=4096, chunk_bytes=2048)
+    options = PackOptions(chunk_min_bytes=4096, chunk_bytes=2048)
     result = pack_model(model, options=options)
     assert all(t.codec.startswith("chunks[") for t in result.tensors)
     assert unpack_model(result.data).SerializeToString() == model.SerializeToString()
@@ -385,21 +382,6 @@ def test_hostile_chunk_tables(chunk_pack, claim):
         forged = forged[: at - len(prefix)] + bytes(length) + forged[at:]
         with pytest.raises(BadModelError, match="packed file"):
             unpack_model(_rebuild(data, index=bytes(forged)))
-
-
-def test_small_models_unpack_without_lockstep_coders_when_nearly_as_small():
-    big = (np.random.default_rng(3).standard_normal((256, 256)) * 0.05).astype(np.float32)
-    model = _model([numpy_helper.from_array(big, "big"), numpy_helper.from_array(big[:3, :5].copy(), "small")])
-    fast = pack_model(model)
-    slow = pack_model(model, options=LOCKSTEP)
-    assert slow.lockstep_words > 0 and fast.lockstep_words == 0
-    assert fast.tensors[0].codec.startswith("split[") and slow.tensors[0].codec.startswith("planes[")
-    opts = PackOptions()
-    assert fast.file_bytes <= slow.file_bytes + opts.fast_model_margin * slow.tensor_bytes_in_file
-    assert unpack_model(fast.data).SerializeToString() == model.SerializeToString()
-    # the choice is off for models above fast_model_bytes, and with codecs that give no C-only choice
-    assert pack_model(model, options=PackOptions(fast_model_bytes=1000)).lockstep_words > 0
-    assert pack_model(model, codecs=["rans"]).lockstep_words > 0
 
 
 @FAST
@@ -903,7 +885,7 @@ def small_pack() -> tuple[onnx.ModelProto, bytes]:
             ),
         ]
     )
-    result = pack_model(model, options=LOCKSTEP)
+    result = pack_model(model)
     assert any(t.codec.startswith("bundle[") for t in result.tensors)  # hostile tests cover bundles too
     assert any(t.codec.startswith("groups[") for t in result.tensors)  # ... and row groups
     data = result.data

@@ -104,8 +104,6 @@ class PlaneCodec(enum.IntEnum):
 
 
 CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups", "brotli", "split")
-#: the codecs whose payloads C libraries decode (no lockstep coder): see PackOptions.fast_model_bytes
-C_CODECS = frozenset({"raw", "zlib", "lzma", "brotli", "split", "groups"})
 #: zlib cannot expand data by more than this factor (deflate's best case is ~1032:1)
 ZLIB_MAX_RATIO = 1100
 
@@ -151,13 +149,6 @@ class PackOptions:
     group_lz_max_bytes: int = 1 << 22
     #: byte planes compressed one by one with zlib / brotli (Codec.SPLIT) are tried up to this size
     split_max_bytes: int = 1 << 20
-    #: models with at most this many weight bytes are also packed with C-decoded codecs only
-    #: (C_CODECS), kept when no more than ``fast_model_margin`` larger: the lockstep decoders cost
-    #: ~20 us per step whatever the data size, which dominates unpacking a small model
-    fast_model_bytes: int = 4 << 20
-    fast_model_margin: float = 0.01
-    #: ... and only when the lockstep coders' words are at most this share of the file's tensor bytes
-    fast_lockstep_share: float = 0.5
     #: tensors larger than this are coded as independent chunks (Codec.CHUNKS) ...
     chunk_min_bytes: int = 24 << 20
     #: ... of about this many bytes each (bounds the memory of codec trials and of held output)

@@ -26,7 +26,6 @@ order the batch decoder reads them.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import lzma
@@ -44,7 +43,6 @@ from onnxopt.model import copy_fields, tensor_nbytes
 from onnxopt.packing import huffman, rans
 from onnxopt.packing.bundles import THRESHOLDS, Bundle, plan_bundles
 from onnxopt.packing.codecs import (
-    C_CODECS,
     Codec,
     Coded,
     PackOptions,
@@ -181,31 +179,13 @@ def pack_model(
     them is held (the header is written last); otherwise the result holds the file as ``parts``.
     """
     from onnxopt.errors import UsageError
-    from onnxopt.model import weight_bytes
 
     if options is None:
         try:
             options = PackOptions.from_codecs(codecs)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    if weight_bytes(model) > options.fast_model_bytes or not options.codecs & {"rans", "huffman"}:
-        return _pack(model, options, out)
-    # a small model: also try C-decoded codecs only (no lockstep pass when unpacking), if nearly as small
-    result = _pack(model, options, None)
-    # worth it when the lockstep coders hold a small part of the data: then their fixed cost per
-    # step (not the data) is what unpacking pays; when they hold most of it, every step is wide
-    if result.lockstep_words and result.lockstep_bytes <= options.fast_lockstep_share * result.tensor_bytes_in_file:
-        only_c = dataclasses.replace(
-            options, codecs=options.codecs & C_CODECS, split_max_bytes=options.fast_model_bytes
-        )
-        fast = _pack(model, only_c, None)
-        if fast.file_bytes <= result.file_bytes + options.fast_model_margin * result.tensor_bytes_in_file:
-            result = fast
-    if out is not None:
-        for part in result.parts:
-            out.write(part)
-        result.parts = []
-    return result
+    return _pack(model, options, out)
 
 
 def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) -> PackResult:
