@@ -1,6 +1,6 @@
 """Weight sharing (share-weights) on the real models: fidelity and packed size.
 
-    python bench/bench_share.py --models DIR [--bits 4,6,8] [--samples 8]
+    python bench/bench_share.py --models DIR [--bits 4,6,8] [--samples 8] [--only NAME,...]
 
 For each model (after `simplify`, the fp32 reference) and each bit width: `share-weights` as users get
 it (method "auto": k-means or uniform levels, with or without the per-channel offset, chosen on 8
@@ -44,10 +44,14 @@ def main() -> int:
     ap.add_argument("--models", required=True)
     ap.add_argument("--bits", default="4,6,8")
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--only", default="", help="comma-separated substrings of the model file names to bench")
     args = ap.parse_args()
     bits_list = [int(b) for b in args.bits.split(",")]
     rows = []
+    only = [o for o in args.only.split(",") if o]
     for path in sorted(Path(args.models).glob("*.onnx")):
+        if only and not any(o in path.name for o in only):
+            continue
         select = real_feeds(path, args.samples, seed=7)
         feeds = real_feeds(path, args.samples, seed=11)
         fp32 = onnxopt.optimize(str(path), passes=["simplify"], validate="off").model
