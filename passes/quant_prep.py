@@ -361,6 +361,11 @@ def matmul_bias_to_gemm(graph: gs.Graph) -> int:
     is what onnxruntime's own MatMul+Add fusion does.
     """
     n = 0
+    graph.toposort()  # the shared shape nodes below read the first (topologically) input of their kind
+    flats: dict[tuple[str, int], gs.Tensor] = {}  # (input name, K) -> its [-1, K] reshape
+    leads: dict[tuple, gs.Tensor] = {}  # leading dims (symbolic names / ints) -> their runtime shape
+    targets: dict[tuple, gs.Tensor] = {}  # (leading dims, N) -> the shape to reshape back to
+    same: dict[str, gs.Tensor] = {}  # input name -> its runtime shape (square projections)
     for mm in list(graph.nodes):
         if mm.op != "MatMul" or len(mm.outputs) != 1:
             continue
@@ -386,23 +391,50 @@ def matmul_bias_to_gemm(graph: gs.Graph) -> int:
             gemm = gs.Node("Gemm", name=base, inputs=[x, wt, bias], outputs=[out])
         else:
             k = w.shape[0]
-            flat = gs.Variable(f"{base}_flat", dtype=np.float32)
             y2 = gs.Variable(f"{base}_gemm_out", dtype=np.float32)
-            graph.nodes.append(gs.Node("Reshape", name=f"{base}_flatten", inputs=[
-                x, _const(f"{base}_flat_shape", np.array([-1, k], np.int64))], outputs=[flat]))
+            flat = flats.get((x.name, k))
+            if flat is None:  # Q, K and V projections read one input: one flatten (onnxruntime runs each)
+                flat = gs.Variable(f"{base}_flat", dtype=np.float32)
+                graph.nodes.append(gs.Node("Reshape", name=f"{base}_flatten", inputs=[
+                    x, _const(f"{base}_flat_shape", np.array([-1, k], np.int64))], outputs=[flat]))
+                flats[(x.name, k)] = flat
             gemm = gs.Node("Gemm", name=base, inputs=[flat, wt, bias], outputs=[y2])
             if all(isinstance(d, int) and d >= 0 for d in shape):
                 target: gs.Tensor = _const(f"{base}_out_shape", np.array([*shape[:-1], nout], np.int64))
+            elif nout == k:
+                # a square projection (attention Q/K/V/output): the result has the input's shape, and one
+                # Shape node gives it (one for Q, K and V, which read one input)
+                target = same.get(x.name)
+                if target is None:
+                    target = same[x.name] = gs.Variable(f"{base}_out_shape", dtype=np.int64)
+                    graph.nodes.append(gs.Node("Shape", name=f"{base}_shape", inputs=[x], outputs=[target]))
             else:
-                shp = gs.Variable(f"{base}_in_shape", dtype=np.int64)
-                lead = gs.Variable(f"{base}_lead_shape", dtype=np.int64)
-                target = gs.Variable(f"{base}_out_shape", dtype=np.int64)
-                graph.nodes.append(gs.Node("Shape", name=f"{base}_shape", inputs=[x], outputs=[shp]))
-                graph.nodes.append(gs.Node("Slice", name=f"{base}_lead", inputs=[
-                    shp, _const(f"{base}_s0", np.array([0], np.int64)), _const(f"{base}_s1", np.array([-1], np.int64)),
-                    _const(f"{base}_s2", np.array([0], np.int64))], outputs=[lead]))
-                graph.nodes.append(gs.Node("Concat", name=f"{base}_target", attrs={"axis": 0}, inputs=[
-                    lead, _const(f"{base}_n", np.array([nout], np.int64))], outputs=[target]))
+                # dynamic leading dims: Shape(x)[:-1] + [N], the leading part shared by inputs whose
+                # leading dims are the same symbols (an MLP's two Gemms), one Concat per width. Per Gemm
+                # Shape -> Slice -> Concat were 0.14 of MiniLM's 1.4 ms int8 latency
+                key = tuple(shape[:-1]) if all(isinstance(d, (int, str)) and d != "" for d in shape[:-1]) else None
+                lead = leads.get(key) if key is not None else None
+                if lead is None:
+                    lead = gs.Variable(f"{base}_lead_shape", dtype=np.int64)
+                    if (graph.opset or 0) >= 15:  # Shape's start/end: no Slice node
+                        graph.nodes.append(gs.Node("Shape", name=f"{base}_shape", attrs={"start": 0, "end": -1},
+                                                   inputs=[x], outputs=[lead]))
+                    else:
+                        shp = gs.Variable(f"{base}_in_shape", dtype=np.int64)
+                        graph.nodes.append(gs.Node("Shape", name=f"{base}_shape", inputs=[x], outputs=[shp]))
+                        graph.nodes.append(gs.Node("Slice", name=f"{base}_lead", inputs=[
+                            shp, _const(f"{base}_s0", np.array([0], np.int64)),
+                            _const(f"{base}_s1", np.array([-1], np.int64)),
+                            _const(f"{base}_s2", np.array([0], np.int64))], outputs=[lead]))
+                    if key is not None:
+                        leads[key] = lead
+                target = targets.get((key, nout)) if key is not None else None
+                if target is None:
+                    target = gs.Variable(f"{base}_out_shape", dtype=np.int64)
+                    graph.nodes.append(gs.Node("Concat", name=f"{base}_target", attrs={"axis": 0}, inputs=[
+                        lead, _const(f"{base}_n", np.array([nout], np.int64))], outputs=[target]))
+                    if key is not None:
+                        targets[(key, nout)] = target
             graph.nodes.append(gs.Node("Reshape", name=f"{base}_unflatten", inputs=[y2, target], outputs=[out]))
         mm.outputs.clear()
         mm.inputs.clear()

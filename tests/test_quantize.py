@@ -797,3 +797,43 @@ def test_prepared_float_model_wins_when_int8_does_not(tmp_path, monkeypatch):
     assert "PRelu" not in ops and not ops & {"QuantizeLinear", "DequantizeLinear"}
     f = _fidelity(model, q, model)
     assert f["max_abs"] < 1e-5
+
+
+def test_matmul_bias_to_gemm_shares_shape_nodes():
+    # dynamic [batch, seq, 32]: three square projections of one input (Q/K/V) and an MLP 32 -> 64 -> 32.
+    # Each Gemm needs its input flattened and its output reshaped back to the runtime shape; nodes
+    # are shared where the values are the same (onnxruntime runs every one of them, ~3 us each)
+    from onnxopt.passes.quant_prep import prepare
+
+    rng = np.random.default_rng(5)
+    d, f = 32, 64
+    inits, nodes = [], []
+
+    def linear(x, k, n, name):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.2, (k, n)).astype(np.float32), f"{name}_w"))
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (n,)).astype(np.float32), f"{name}_b"))
+        nodes.append(helper.make_node("MatMul", [x, f"{name}_w"], [f"{name}_m"], name=f"{name}_mm"))
+        nodes.append(helper.make_node("Add", [f"{name}_m", f"{name}_b"], [name], name=f"{name}_add"))
+        return name
+
+    q, k, v = (linear("x", d, d, n) for n in ("q", "k", "v"))
+    nodes.append(helper.make_node("Add", [q, k], ["qk"], name="qk_add"))
+    nodes.append(helper.make_node("Add", ["qk", v], ["h"], name="h_add"))
+    nodes.append(helper.make_node("Relu", [linear("h", d, f, "up")], ["r"], name="relu"))
+    linear("r", f, d, "y")
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", d])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", d])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    graph = to_graph(model, infer=True)
+    assert prepare(graph)["matmul_bias_to_gemm"] == 5
+    out = to_model(graph, like=model)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Gemm") == 5 and "MatMul" not in ops and "Slice" not in ops
+    # flatten: x once (Q, K, V), h, r; back: Q, K, V, up, y. Shape: x (square), h's leading dims
+    # (shared by r, whose leading dims are the same symbols); Concat: widths 64 and 32
+    assert ops.count("Reshape") == 3 + 5 and ops.count("Shape") == 2 and ops.count("Concat") == 2, ops
+    for shape in ([1, 7, d], [3, 5, d]):
+        feed = {"x": rng.standard_normal(shape).astype(np.float32)}
+        ref, got = OrtRunner(model).run(feed)["y"], OrtRunner(out).run(feed)["y"]
+        assert got.shape == ref.shape == tuple(shape)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
