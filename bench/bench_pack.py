@@ -12,8 +12,9 @@ For every ``*.onnx`` in DIR (and an int8 version of it, see below) it reports:
   each plane compressed separately), and the order-0 entropy bounds (byte planes per tensor, the
   symbols onnxopt's coders see; and plain bytes);
 * sizes over the whole file: the .onnxpack against each compressor applied to the .onnx file;
-* times (medians of ``--repeat`` runs): pack vs zlib-9 compress, unpack (bytes -> ModelProto) vs
-  zlib decompress of the same weights, and unpack throughput as a fraction of zlib's;
+* times: pack vs zlib-9 compress (median of ``--pack-repeat`` runs), unpack (bytes -> ModelProto) vs
+  zlib decompress of the same weights (interleaved, medians of ``--repeat`` rounds), and unpack throughput
+  as a fraction of zlib's;
 * a bit-exact round-trip check.
 
 int8 versions: every float32 tensor of at least 16 elements is replaced by symmetric per-tensor
@@ -129,12 +130,18 @@ def int8_version(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def median_time(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+    return interleaved_medians([fn], repeat)[0]
+
+
+def interleaved_medians(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Median time of each of ``fns``, run in turn ``repeat`` rounds (load swings hit all alike)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 class BaselineCache:
@@ -157,11 +164,15 @@ class BaselineCache:
         return self.data[key]
 
 
-def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, cache: BaselineCache) -> Row:
+def measure(
+    name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, cache: BaselineCache, pack_repeat: int = 1
+) -> Row:
     row = Row(name)
     weights = weight_bytes(model)
     row.weights, row.file = len(weights), len(file_bytes)
+    start = time.perf_counter()
     result = pack_model(model)
+    pack_times = [time.perf_counter() - start]
     # everything the file spends on tensors: coded payloads, coder words, and the compressed index
     # (tables, lane states, lengths and the CRC32s); only the model skeleton is excluded
     row.packed = result.tensor_bytes_in_file
@@ -174,11 +185,16 @@ def measure(name: str, model: onnx.ModelProto, file_bytes: bytes, repeat: int, c
         row.file_sizes[label] = cache.size(label, file_bytes, lambda fn=fn: len(fn(file_bytes)))
     # (keyed by the weight bytes, which fix the tensors it groups)
     row.weight_sizes["zipnn-zstd-19"] = cache.size("zipnn-zstd-19", weights, lambda: byte_grouped_zstd(model))
-    row.pack_s = median_time(lambda: pack_model(model), repeat)
-    row.unpack_s = median_time(lambda: unpack_model(packed), repeat)
+    for _ in range(pack_repeat - 1):
+        start = time.perf_counter()
+        pack_model(model)
+        pack_times.append(time.perf_counter() - start)
+    row.pack_s = statistics.median(pack_times)
     compressed = zlib.compress(weights, 9)
-    row.zlib_c_s = median_time(lambda: zlib.compress(weights, 9), repeat)
-    row.zlib_d_s = median_time(lambda: zlib.decompress(compressed), repeat)
+    row.zlib_c_s = median_time(lambda: zlib.compress(weights, 9), min(repeat, 3 * pack_repeat))
+    row.unpack_s, row.zlib_d_s = interleaved_medians(
+        [lambda: unpack_model(packed), lambda: zlib.decompress(compressed)], repeat
+    )
     return row
 
 
@@ -276,7 +292,8 @@ def report(title: str, rows: list[Row]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", required=True, help="folder of .onnx files")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed rounds of unpack vs zlib.decompress (median)")
+    ap.add_argument("--pack-repeat", type=int, default=1, help="timed runs of pack (median; packing is slow)")
     ap.add_argument("--out", help="also write the markdown tables here")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 versions")
     ap.add_argument(
@@ -296,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         name = path.stem
         print(f"... {name}", file=sys.stderr, flush=True)
         model = load(path, check=False)
-        fp32.append(measure(name, model, path.read_bytes(), args.repeat, cache))
+        fp32.append(measure(name, model, path.read_bytes(), args.repeat, cache, args.pack_repeat))
         if not args.no_int8:
             q = int8_version(model)
-            int8.append(measure(name, q, q.SerializeToString(), args.repeat, cache))
+            int8.append(measure(name, q, q.SerializeToString(), args.repeat, cache, args.pack_repeat))
     cmd = "python bench/bench_pack.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["## Packed files: onnxopt vs general-purpose compressors", "", f"Reproduce: `{cmd}`", ""]
     lines += report("Original models (as shipped)", fp32)
