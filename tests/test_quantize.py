@@ -837,3 +837,13 @@ def test_matmul_bias_to_gemm_shares_shape_nodes():
         ref, got = OrtRunner(model).run(feed)["y"], OrtRunner(out).run(feed)["y"]
         assert got.shape == ref.shape == tuple(shape)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_tie_goes_to_fewer_float_macs():
+    from onnxopt.passes.quantize_int8 import float_macs, prefer_prefix
+
+    # (mixed-precision seconds, prefix seconds, their float MACs): faster by more than 3% wins ...
+    assert prefer_prefix(1.0, 0.9, 10.0, 1e6) and not prefer_prefix(0.9, 1.0, 1e6, 10.0)
+    # ... a tie within 3% (what 15 rounds on a shared machine give) keeps less compute float
+    assert not prefer_prefix(1.0, 0.995, 10.0, 1e6) and prefer_prefix(0.995, 1.0, 1e6, 10.0)
+    assert float_macs({"a", "table"}, {"a": 5.0, "b": 7.0}) == 5.0
