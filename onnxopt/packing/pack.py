@@ -414,6 +414,7 @@ def _deflate_best(data: bytes) -> tuple[int, bytes]:
 #: record tag bits: kind in bits 0-2, codec in bits 3-6, and this flag when raw_len is written out
 EXPLICIT_LEN = 0x80
 INT_KINDS = (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA)
+_KIND_OF_TAG = tuple(Kind(k) if k in Kind._value2member_map_ else None for k in range(8))  # (Kind(k) is slow)
 
 
 def _write_record(
@@ -449,6 +450,20 @@ class _Record:
     crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
     bundle_len: int = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
     ref: int = -1  # REF: the record it repeats; SLICE: its bundle's number
+
+
+class _Link:
+    """A REF or SLICE record after parsing: the record holding its bytes, and where they start there."""
+
+    __slots__ = ("offset", "ref")
+    # what the later stages read of a Parsed: a link has no payload of its own
+    rans = huffman = fills = segments = ()
+    extent = 0
+    bundle_len = -1
+
+    def __init__(self, ref: int, offset: int = 0) -> None:
+        self.ref = ref
+        self.offset = offset
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -487,10 +502,9 @@ def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> 
     records = []
     for t in tensors:
         tag = r.u8()
-        try:
-            kind = Kind(tag & 7)
-        except ValueError:
-            raise CorruptPackError(f"tensor index: unknown payload kind in record {len(records)}") from None
+        kind = _KIND_OF_TAG[tag & 7]
+        if kind is None:
+            raise CorruptPackError(f"tensor index: unknown payload kind in record {len(records)}")
         if kind is Kind.NONE:
             if tag:
                 raise CorruptPackError(f"tensor index: malformed empty record {len(records)}")
@@ -583,7 +597,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if total > limits.max_total_bytes:
         raise CorruptPackError(f"declares {total} bytes of tensor data (limit {limits.max_total_bytes})")
     # parse every payload (LZ codecs inflate here), lay out the output buffer
-    parsed: list[Parsed | None] = []
+    parsed: list[Parsed | _Link | None] = []
     offsets: list[int] = []
     extent = 0
     bundled = 0
@@ -597,21 +611,24 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             continue
         if not field_is_empty(t, rec.kind):
             raise CorruptPackError(f"tensor {t.name!r}: payload field is already set in the model skeleton")
-        what = f"tensor {t.name!r}"
-        if rec.codec == Codec.REF or rec.codec == Codec.SLICE:  # (no payload of their own)
-            p = Parsed(ref=rec.ref, extent=0)
-        else:
-            bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
-            p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, what, limits, rec.bundle_len)
-        if rec.codec == Codec.REF and (p.ref >= i or parsed[p.ref] is None or records[p.ref].raw_len != rec.raw_len):
-            raise CorruptPackError(f"{what}: bad reference to record {p.ref}")
-        if rec.codec == Codec.SLICE:  # the next bytes of that bundle
-            if p.ref >= len(bundle_heads) or cursors[p.ref] + rec.raw_len > parsed[bundle_heads[p.ref]].bundle_len:
-                raise CorruptPackError(f"{what}: bundle slice outside its bundle")
-            p.offset = cursors[p.ref]
-            cursors[p.ref] += rec.raw_len
-            p.ref = bundle_heads[p.ref]
+        if rec.codec == Codec.SLICE:  # the next bytes of a bundle (no payload of its own)
+            number = rec.ref
+            if number >= len(bundle_heads) or cursors[number] + rec.raw_len > parsed[bundle_heads[number]].bundle_len:
+                raise CorruptPackError(f"tensor {t.name!r}: bundle slice outside its bundle")
+            p = _Link(bundle_heads[number], cursors[number])
+            cursors[number] += rec.raw_len
             members[p.ref].append(t.name)
+            parsed.append(p)
+            offsets.append(extent)
+            continue
+        if rec.codec == Codec.REF:  # a repeat of an earlier record's payload
+            if rec.ref >= i or parsed[rec.ref] is None or records[rec.ref].raw_len != rec.raw_len:
+                raise CorruptPackError(f"tensor {t.name!r}: bad reference to record {rec.ref}")
+            parsed.append(_Link(rec.ref))
+            offsets.append(extent)
+            continue
+        bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
+        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor {t.name!r}", limits, rec.bundle_len)
         if p.bundle_len >= 0:
             members[i] = [t.name]
             bundle_heads.append(i)

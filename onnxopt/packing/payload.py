@@ -16,7 +16,7 @@ String tensors and anything else stay in the skeleton, which is serialized as it
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,11 +77,10 @@ def implied_len(t: TensorProto, kind: Kind, store: int) -> int | None:
 
     The index leaves a length out when it equals this (nearly always), so a record costs less.
     """
-    count = 1
-    for d in t.dims:
-        if d < 0:
-            return None
-        count *= d
+    dims = t.dims
+    if dims and min(dims) < 0:
+        return None
+    count = math.prod(dims)
     if kind is Kind.RAW_DATA:
         size = _ELEMENT_BYTES.get(t.data_type)
     elif kind is Kind.FLOAT_DATA:
@@ -113,48 +112,55 @@ def dtype_name(data_type: int) -> str:
 _A = onnx.AttributeProto
 
 
-def _walk_graph(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    yield from graph.initializer
+def _walk_graph(graph: onnx.GraphProto, out: list[TensorProto]) -> None:
+    out.extend(graph.initializer)
     for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
+        out.append(sparse.values)
+        out.append(sparse.indices)
     for node in graph.node:
-        if node.attribute:  # (most nodes have none: skip the generator)
-            yield from _walk_nodes_attrs(node)
+        for attr in node.attribute:
+            if attr.type in _HOLDS_TENSORS:  # (most attributes are ints, floats or strings)
+                _walk_attr(attr, out)
 
 
-def _walk_nodes_attrs(node: onnx.NodeProto) -> Iterator[TensorProto]:
+_HOLDS_TENSORS = frozenset({_A.TENSOR, _A.TENSORS, _A.SPARSE_TENSOR, _A.SPARSE_TENSORS, _A.GRAPH, _A.GRAPHS})
+
+
+def _walk_attr(attr: onnx.AttributeProto, out: list[TensorProto]) -> None:
     # dispatch on the declared type: a tensor hidden in a field of another type just stays in the
     # skeleton (packing and unpacking walk identically, so that is still exact)
-    for attr in node.attribute:
-        kind = attr.type
-        if kind == _A.TENSOR:
-            yield attr.t
-        elif kind == _A.TENSORS:
-            yield from attr.tensors
-        elif kind == _A.SPARSE_TENSOR:
-            yield attr.sparse_tensor.values
-            yield attr.sparse_tensor.indices
-        elif kind == _A.SPARSE_TENSORS:
-            for sparse in attr.sparse_tensors:
-                yield sparse.values
-                yield sparse.indices
-        elif kind == _A.GRAPH:
-            yield from _walk_graph(attr.g)
-        elif kind == _A.GRAPHS:
-            for g in attr.graphs:
-                yield from _walk_graph(g)
+    kind = attr.type
+    if kind == _A.TENSOR:
+        out.append(attr.t)
+    elif kind == _A.TENSORS:
+        out.extend(attr.tensors)
+    elif kind == _A.SPARSE_TENSOR:
+        out.append(attr.sparse_tensor.values)
+        out.append(attr.sparse_tensor.indices)
+    elif kind == _A.SPARSE_TENSORS:
+        for sparse in attr.sparse_tensors:
+            out.append(sparse.values)
+            out.append(sparse.indices)
+    elif kind == _A.GRAPH:
+        _walk_graph(attr.g, out)
+    else:
+        for g in attr.graphs:
+            _walk_graph(g, out)
 
 
-def walk_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+def walk_tensors(model: onnx.ModelProto) -> list[TensorProto]:
     """Every TensorProto of ``model`` in a fixed order (the pack and unpack sides walk identically)."""
-    yield from _walk_graph(model.graph)
+    out: list[TensorProto] = []
+    _walk_graph(model.graph, out)
     for function in model.functions:
         for node in function.node:
-            yield from _walk_nodes_attrs(node)
+            for attr in node.attribute:
+                if attr.type in _HOLDS_TENSORS:
+                    _walk_attr(attr, out)
     for info in model.training_info:
-        yield from _walk_graph(info.initialization)
-        yield from _walk_graph(info.algorithm)
+        _walk_graph(info.initialization, out)
+        _walk_graph(info.algorithm, out)
+    return out
 
 
 # --------------------------------------------------------------------------- taking and restoring
