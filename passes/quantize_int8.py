@@ -530,7 +530,10 @@ class QuantizeInt8(Pass):
                 parked.cleanup()
             stats["speed_guard"] = decision.stats()
             if decision.chosen == PREPARED_FLOAT:
-                # ``graph`` holds the prepared float model: exact rewrites, float rounding only
+                # the prepared float model is the output: exact rewrites, float rounding only; like an
+                # int8 output it states no intermediate shapes the input did not (see drop_new_shapes)
+                drop_new_shapes(prepared, self._annotated)
+                _replace_graph(graph, to_graph(prepared))
                 sec = next(c.seconds for c in cands if c.label == PREPARED_FLOAT) or 0.0
                 stats["latency"] = {"fp32_ms": round(decision.fp32_seconds * 1e3, 3), "float_prepared_ms":
                                     round(sec * 1e3, 3), "ratio": round(sec / decision.fp32_seconds, 3),
