@@ -27,8 +27,8 @@ inside the compressed index, where similar tables of many tensors compress toget
             its bulk, holding all rows in group order (similar rows side by side help LZ coders)
     SPLIT   u8 itemsize, then per byte plane u8 SplitPlane (+ u8 value for CONST, + uvarint length for
             ZLIB / BROTLI) / the planes' bytes in order (RAW planes as they are): byte grouping with
-            each plane compressed by a C-decoded codec, so small models unpack without the
-            lockstep coders (their cost per step does not shrink with the data)
+            each plane compressed by an LZ codec (brotli's context modelling beats order-0 coding
+            on some planes)
     CHUNKS  uvarint chunk count K, then per chunk: uvarint decoded bytes, u8 codec, uvarint meta
             length + meta, uvarint bulk bytes, uvarint rANS words, uvarint Huffman words, u32 CRC32
             of the chunk's decoded bytes / per chunk: its bulk, its own rANS words (u16) and its own
