@@ -1161,3 +1161,18 @@ def test_ort_session_on_constant_and_if_model():
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     got = ort_session(pack_model(model).data).run(None, {"x": x})
     np.testing.assert_array_equal(ref[0], got[0])
+
+
+def test_metadata_sections_take_lzma_only_when_clearly_smaller():
+    """The skeleton and index use LZMA (slow to decode) only when it beats zlib/brotli by lzma_margin."""
+    from onnxopt.packing.format import SKELETON_LZMA
+    from onnxopt.packing.pack import _deflate_best
+
+    data = mlp_model(hidden=64).SerializeToString()
+    sizes = {len(zlib.compress(data, 9)), len(lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9))}
+    codec0, blob0 = _deflate_best(data, 0.0)
+    assert len(blob0) <= min(sizes)  # no margin: the smallest of the three
+    codec1, blob1 = _deflate_best(data, 1.0)
+    assert codec1 != SKELETON_LZMA  # a 100% margin can never be met
+    if codec0 == SKELETON_LZMA:
+        assert len(blob1) >= len(blob0)

@@ -304,8 +304,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
             )
         )
     skeleton_raw = skeleton.SerializeToString()
-    skel_codec, skel = _deflate_best(skeleton_raw)
-    index_codec, index_packed = _deflate_best(bytes(index))
+    skel_codec, skel = _deflate_best(skeleton_raw, options.lzma_margin)
+    index_codec, index_packed = _deflate_best(bytes(index), options.lzma_margin)
     rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
     huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
     header = Header(
@@ -400,15 +400,15 @@ def _skeleton_of(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, onn
     return skeleton, borrowed
 
 
-def _deflate_best(data: bytes) -> tuple[int, bytes]:
-    """The smallest of zlib-9, LZMA and brotli-11 for a metadata section."""
-    options = [
-        (SKELETON_ZLIB, zlib.compress(data, 9)),
-        (SKELETON_LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
-    ]
+def _deflate_best(data: bytes, lzma_margin: float) -> tuple[int, bytes]:
+    """The smallest of zlib-9, LZMA and brotli-11 for a metadata section; LZMA only when smaller than the
+    others by ``lzma_margin`` (it decodes a 50 KB skeleton in 0.24 ms, brotli in 0.04 ms)."""
+    fast = [(SKELETON_ZLIB, zlib.compress(data, 9))]
     if _brotli is not None:
-        options.append((SKELETON_BROTLI, _brotli.compress(data, quality=11)))
-    return min(options, key=lambda o: len(o[1]))
+        fast.append((SKELETON_BROTLI, _brotli.compress(data, quality=11)))
+    best = min(fast, key=lambda o: len(o[1]))
+    slow = lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)
+    return (SKELETON_LZMA, slow) if len(slow) < len(best[1]) * (1.0 - lzma_margin) else best
 
 
 #: record tag bits: kind in bits 0-2, codec in bits 3-6, and this flag when raw_len is written out
