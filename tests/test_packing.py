@@ -1176,3 +1176,19 @@ def test_metadata_sections_take_lzma_only_when_clearly_smaller():
     assert codec1 != SKELETON_LZMA  # a 100% margin can never be met
     if codec0 == SKELETON_LZMA:
         assert len(blob1) >= len(blob0)
+
+
+@pytest.mark.skipif(not native.available(), reason="the compiled lane decoder is not built")
+def test_whole_files_unpack_the_same_with_compiled_and_numpy_loops(monkeypatch):
+    """A packed model with rANS and Huffman streams restores to the same bytes on both decoder paths."""
+    big = (np.random.default_rng(5).standard_normal((256, 256)) * 0.05).astype(np.float32)
+    ints = np.clip(np.round(np.random.default_rng(6).standard_normal(70000) * 9), -127, 127).astype(np.int8)
+    model = _model([numpy_helper.from_array(big, "big"), numpy_helper.from_array(ints, "ints")])
+    for coder in ("rans", "huffman"):
+        result = pack_model(model, codecs=[coder])
+        assert result.lockstep_words > 0 and all(coder in t.codec for t in result.tensors)
+        restored = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv("ONNXOPT_NATIVE", flag)
+            restored.append(unpack_model(result.data).SerializeToString())
+        assert restored[0] == restored[1] == model.SerializeToString()
