@@ -212,7 +212,7 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
         return words.size == 0
     if native.available():
         batch = LaneBatch(streams, words, np.uint64)
-        ok = native.huffman_loop(batch, words, out)
+        ok = native.huffman_loop(batch, out)
     else:
         batch = LaneBatch(streams, words.astype(np.uint64), np.uint64)
         ok = _numpy_loop(batch, out)

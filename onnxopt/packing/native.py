@@ -59,15 +59,16 @@ def _layout(batch: LaneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return as64(batch.tbase), as64(batch.pos), as64(batch.step_stride), as64(batch.alive_lanes)
 
 
-def rans_loop(batch: LaneBatch, words: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:
     """Run every lane of ``batch`` to its end; the final states, or None if the words ran out.
 
-    Advances ``batch.read`` by the words consumed, as the numpy loop does.
+    Like the numpy loop, this advances ``batch.read`` by the words consumed and works on the batch's
+    own state array (``batch.states``, which the batch made for this decode).
     """
     lib = _library()
-    x = np.ascontiguousarray(batch.states, dtype=np.uint32).copy()
+    x = np.ascontiguousarray(batch.states, dtype=np.uint32)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint32)
-    w = np.ascontiguousarray(words, dtype=np.uint16)
+    w = np.ascontiguousarray(batch.words, dtype=np.uint16)
     tbase, pos, stride, alive = _layout(batch)
     read = lib.rans_decode(
         _ptr(x), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,
@@ -79,13 +80,13 @@ def rans_loop(batch: LaneBatch, words: np.ndarray, out: np.ndarray) -> np.ndarra
     return x
 
 
-def huffman_loop(batch: LaneBatch, words: np.ndarray, out: np.ndarray) -> bool:
-    """Run every lane of ``batch`` to its end; False if the words ran out."""
+def huffman_loop(batch: LaneBatch, out: np.ndarray) -> bool:
+    """Run every lane of ``batch`` to its end; False if the words ran out (see :func:`rans_loop`)."""
     lib = _library()
-    buf = np.ascontiguousarray(batch.states, dtype=np.uint64).copy()
+    buf = np.ascontiguousarray(batch.states, dtype=np.uint64)
     bits = np.full(batch.total_lanes, 32, dtype=np.int64)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint16)
-    w = np.ascontiguousarray(words, dtype=np.uint32)
+    w = np.ascontiguousarray(batch.words, dtype=np.uint32)
     tbase, pos, stride, alive = _layout(batch)
     read = lib.huffman_decode(
         _ptr(buf), _ptr(bits), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,

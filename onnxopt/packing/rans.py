@@ -313,7 +313,7 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
         return words.size == 0
     if native.available():
         batch = LaneBatch(streams, words, np.uint32)
-        x = native.rans_loop(batch, words, out)
+        x = native.rans_loop(batch, out)
     else:
         batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
         x = _numpy_loop(batch, out)
