@@ -60,6 +60,7 @@ import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -101,6 +102,9 @@ class PlaneCodec(enum.IntEnum):
     CONST = 1
     RANS = 2
     HUFFMAN = 3
+
+
+E = TypeVar("E", SplitPlane, PlaneCodec)
 
 
 CODEC_NAMES = ("raw", "zlib", "lzma", "huffman", "rans", "groups", "brotli", "split")
@@ -506,15 +510,20 @@ def _plane_layout(r: Reader, raw_len: int, what: str) -> tuple[int, int]:
     return itemsize, raw_len // itemsize
 
 
+def _plane_codec(r: Reader, codecs: type[E], plane: int, what: str) -> E:
+    """The next byte of ``r`` as a member of the plane-codec enum ``codecs`` (SplitPlane or PlaneCodec)."""
+    try:
+        return codecs(r.u8())
+    except ValueError:
+        raise CorruptPackError(f"{what}: unknown plane codec in plane {plane}") from None
+
+
 def _parse_split(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: Limits) -> Parsed:
     itemsize, n = _plane_layout(r, raw_len, what)
     out = np.empty((n, itemsize), dtype=np.uint8)
     pos = 0
     for p in range(itemsize):
-        try:
-            codec = SplitPlane(r.u8())
-        except ValueError:
-            raise CorruptPackError(f"{what}: unknown plane codec in plane {p}") from None
+        codec = _plane_codec(r, SplitPlane, p, what)
         if codec is SplitPlane.CONST:
             out[:, p] = r.u8()
             continue
@@ -797,10 +806,7 @@ def _parse_planes(r: Reader, bulk: memoryview, raw_len: int, what: str, limits: 
     itemsize, n = _plane_layout(r, raw_len, what)
     parsed = Parsed(itemsize=itemsize, extent=raw_len)
     for p in range(itemsize):
-        try:
-            codec = PlaneCodec(r.u8())
-        except ValueError:
-            raise CorruptPackError(f"{what}: unknown plane codec in plane {p}") from None
+        codec = _plane_codec(r, PlaneCodec, p, what)
         if codec is PlaneCodec.RAW:
             parsed.pool_planes.append(p)
         elif codec is PlaneCodec.CONST:
