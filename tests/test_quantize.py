@@ -849,3 +849,54 @@ def test_prefix_tie_goes_to_fewer_float_macs():
     # ... a tie within 3% (what 15 rounds on a shared machine give) keeps less compute float
     assert not prefer_prefix(1.0, 0.995, 10.0, 1e6) and prefer_prefix(0.995, 1.0, 1e6, 10.0)
     assert float_macs({"a", "table"}, {"a": 5.0, "b": 7.0}) == 5.0
+
+
+def test_selection_timing_helpers():
+    from onnxopt.passes.quantize_int8 import (
+        MAX_TIMING_ROUNDS,
+        MIN_TIMING_ROUNDS,
+        fastest_selection,
+        timing_rounds,
+    )
+
+    # the fastest wins by more than 3%; within 3% it is a tie that goes to fewer float MACs
+    assert fastest_selection([1.0, 0.9, 0.95], [0.0, 5.0, 1.0]) == 1
+    assert fastest_selection([1.0, 0.99, 0.995], [3.0, 5.0, 1.0]) == 2
+    assert fastest_selection([0.5], [7.0]) == 0
+    # a 0.15 ms model gets many rounds (15 would be 5 ms of timing), a 100 ms model the minimum
+    assert timing_rounds(0.15e-3, 2) == MAX_TIMING_ROUNDS
+    assert timing_rounds(0.1, 2) == MIN_TIMING_ROUNDS and timing_rounds(None, 2) == MIN_TIMING_ROUNDS
+
+
+def test_budget_search_also_starts_from_all_when_it_tied(tmp_path, monkeypatch):
+    """The speed guard's pick keeps the depthwise convs float but timed within 10% of "all": the
+    float-prefix search for the budget then also runs from "all", and the fastest selection that meets
+    the budget is kept (equal times here: the one keeping the fewest MACs float)."""
+    from onnxopt.passes import quant_select, quantize_int8
+
+    def fake_choose(fp32, cands, feeds, **kw):
+        for c in cands:
+            c.seconds = {"all": 0.50, "no-depthwise": 0.49}.get(c.label, 0.8)
+        pick = next(c for c in cands if c.label == "no-depthwise")
+        return quant_select.SpeedDecision(pick.label, pick.float_nodes, 1.0, [])
+
+    def fake_latency(models, feeds, **kw):  # every int8 selection alike, all of them faster than float
+        return [0.5 if any(n.op_type == "QuantizeLinear" for n in m.graph.node) else 1.0 for m in models]
+
+    monkeypatch.setattr(quantize_int8, "choose_fastest", fake_choose)
+    monkeypatch.setattr(quantize_int8, "interleaved_latency", fake_latency)
+    model = fixtures.get("depthwise_separable")
+    q0, _ = _quantize(model, tmp_path, min_macs=0)
+    target = _fidelity(model, q0, model)["min_sqnr_db"] + 6.0
+    _q, entry = _quantize(model, tmp_path, min_macs=0, speed_guard=True, min_sqnr=target, calibration_count=16)
+    assert entry.stats["speed_guard"]["chosen"] == "no-depthwise"
+    mp = entry.stats["mixed_precision"]
+    assert mp["prefix_from_all"]["search"], mp  # searched from "all" as well
+    assert mp["prefix_from_all"]["search"][0]["float_prefix"] == 0
+    sel = mp.get("selections")
+    if sel:  # more than one selection met the budget: the kept one is the tie's fewest float MACs
+        kept = min(sel, key=lambda s: s["float_macs"])
+        assert mp.get("chosen", "mixed_precision") == kept["selection"]
+    dw = {n.name for n in to_graph(model).nodes if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1}
+    if mp.get("chosen") == "prefix_from_all":
+        assert not dw <= set(entry.stats["float_nodes"])  # not every depthwise conv stayed float
