@@ -206,6 +206,63 @@ def test_constant_nodes_sparse_and_if_subgraphs_roundtrip():
     assert {"then_w", "else_w", "then_v", "bias_v", "sv", "si", "cond_v"} <= names
 
 
+def _everywhere_model() -> onnx.ModelProto:
+    """Tensors in every place walk_tensors visits: Constant nodes and If branches, sparse initializers,
+    a local function (node attributes and attribute defaults) and training graphs."""
+    model = constant_and_if_model()
+    rng = np.random.default_rng(8)
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(rng.standard_normal(30).astype(np.float32), "spv"),
+        numpy_helper.from_array(np.arange(30, dtype=np.int64) * 3, "spi"), [100]))
+    body = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
+        rng.standard_normal(40).astype(np.float32), "fk"))
+    function = helper.make_function("local", "F", [], ["k"], [body], [helper.make_opsetid("", 17)])
+    function.attribute_proto.append(helper.make_attribute("alpha", numpy_helper.from_array(
+        rng.integers(0, 9, 50).astype(np.int32), "fa")))
+    model.functions.append(function)
+    info = model.training_info.add()
+    info.initialization.initializer.append(numpy_helper.from_array(rng.standard_normal(25), "ti"))
+    info.algorithm.initializer.append(helper.make_tensor("ta", TensorProto.INT64, [60], list(range(-30, 30))))
+    return model
+
+
+def test_wire_walk_finds_the_tensors_in_walk_order():
+    """Hole records rely on the serialized model's tensors coming in walk_tensors' order."""
+    from onnxopt.packing.payload import walk_tensors
+    from onnxopt.packing.wire import tensor_spans
+
+    model = _everywhere_model()
+    wire = model.SerializeToString()
+    spans = tensor_spans(wire)
+    tensors = walk_tensors(model)
+    assert len(spans) == len(tensors) >= 14
+    assert [wire[a:b] for a, b in spans] == [t.SerializeToString() for t in tensors]
+
+
+def test_holes_fields_and_inline_payloads_roundtrip(monkeypatch):
+    """Every way a payload comes back: spliced into the skeleton's bytes (hole records), set on the
+    parsed model (field records: large tensors, and all past the hole budget), or never moved (inline)."""
+    import onnxopt.packing.pack as pack_module
+
+    model = _everywhere_model()
+    before = model.SerializeToString()
+    result = pack_model(model)
+    assert "inline" in {t.codec for t in result.tensors}  # (the If condition's one byte)
+    assert unpack_model(result.data).SerializeToString() == before
+    index = _records(result.data)
+    assert not any(r["place"] & 1 for r in index)  # a small model: holes only
+    monkeypatch.setattr(pack_module, "FIELD_MIN_BYTES", 100)
+    monkeypatch.setattr(pack_module, "HOLE_BUDGET", 200)
+    data = pack_model(model).data
+    places = [r["place"] & 1 for r in _records(data)]
+    assert 0 in places and 1 in places
+    assert unpack_model(data).SerializeToString() == before
+    no_inline = pack_model(model, options=PackOptions(inline_max_bytes=0))
+    assert "inline" not in {t.codec for t in no_inline.tensors}
+    assert len(_records(no_inline.data)) > len(index)
+    assert unpack_model(no_inline.data).SerializeToString() == before
+
+
 def test_large_tensors_use_entropy_coders_and_stay_exact():
     rng = np.random.default_rng(3)
     big = (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)
@@ -924,8 +981,10 @@ def test_random_byte_flips_never_give_a_wrong_model(small_pack):
         assert restored.SerializeToString() == expected
 
 
-def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = None) -> bytes:
-    """Re-emit a pack with a replaced index and/or header fields, with valid checksums."""
+def _rebuild(
+    data: bytes, *, index: bytes | None = None, skeleton_raw: bytes | None = None, fields: dict | None = None
+) -> bytes:
+    """Re-emit a pack with a replaced index, skeleton and/or header fields, with valid checksums."""
     head = read_header(data)
     stream = data[PREFIX_SIZE : PREFIX_SIZE + head.stream_bytes]
     pos = PREFIX_SIZE + head.stream_bytes
@@ -933,6 +992,11 @@ def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = N
     pos += head.skeleton_packed
     old_index = data[pos : pos + head.index_packed]
     rest = data[pos + head.index_packed :]
+    if skeleton_raw is not None:
+        skeleton = zlib.compress(skeleton_raw)
+        head.skeleton_raw, head.skeleton_packed = len(skeleton_raw), len(skeleton)
+        head.skeleton_crc = zlib.crc32(skeleton_raw)
+        head.section_codecs = (head.section_codecs & 0xF0) | SKELETON_ZLIB
     if index is not None:
         old_index = zlib.compress(index)
         head.index_raw, head.index_packed, head.index_crc = len(index), len(old_index), zlib.crc32(index)
@@ -945,8 +1009,16 @@ def _rebuild(data: bytes, *, index: bytes | None = None, fields: dict | None = N
 def _index_raw(data: bytes) -> bytes:
     head = read_header(data)
     start = PREFIX_SIZE + head.stream_bytes + head.skeleton_packed
-    blob = data[start : start + head.index_packed]
-    codec = head.section_codecs >> 4
+    return _inflated(data[start : start + head.index_packed], head.section_codecs >> 4)
+
+
+def _skeleton_raw(data: bytes) -> bytes:
+    head = read_header(data)
+    start = PREFIX_SIZE + head.stream_bytes
+    return _inflated(data[start : start + head.skeleton_packed], head.section_codecs & 15)
+
+
+def _inflated(blob: bytes, codec: int) -> bytes:
     if codec == SKELETON_BROTLI:
         import brotli
 
@@ -957,9 +1029,9 @@ def _index_raw(data: bytes) -> bytes:
 def test_bundle_checksum_names_its_tensors():
     """One CRC32 covers a bundle; damage inside it is reported with the bundle's tensor names."""
     rng = np.random.default_rng(4)
-    arrays = [rng.standard_normal(3).astype(np.float32) for _ in range(5)]
+    arrays = [rng.standard_normal(20).astype(np.float32) for _ in range(5)]  # (80 bytes: not inline)
     model = _model([numpy_helper.from_array(a, f"tiny{k}") for k, a in enumerate(arrays)])
-    result = pack_model(model)
+    result = pack_model(model, codecs=["raw"])
     assert all(t.codec.startswith("bundle[5]") for t in result.tensors), [t.codec for t in result.tensors]
     data = result.data
     at = data.find(arrays[2].tobytes())
@@ -978,8 +1050,8 @@ def test_bad_magic_and_version(small_pack):
     future[len(MAGIC)] = 99
     with pytest.raises(BadModelError, match="format version 99"):
         unpack_model(bytes(future))
-    future[len(MAGIC)] = 2  # the previous layout (no stream section, per-record lengths and CRCs)
-    with pytest.raises(BadModelError, match=r"format version 2 is not supported \(this onnxopt reads version 3\)"):
+    future[len(MAGIC)] = 3  # the previous layout (a parsed skeleton, records for every tensor)
+    with pytest.raises(BadModelError, match=r"format version 3 is not supported \(this onnxopt reads version 4\)"):
         unpack_model(bytes(future))
     assert not is_packed(b"\x08\x07")
     assert is_packed(data)
@@ -1013,22 +1085,21 @@ def test_hostile_header_fields(small_pack, fields, message):
 
 
 def _records(data: bytes) -> list[dict]:
-    """Per non-empty record of the raw index: offsets of its tag, of its (explicit or absent) raw_len
-    and of what follows, its codec, and where its meta starts and how long it is."""
+    """Per record of the raw index: offsets of its tag, of its (explicit or absent) raw_len and of what
+    follows, its place, its codec, and where its meta starts and how long it is."""
     raw = _index_raw(data)
     r = Reader(raw, "index")
     out = []
     while r.remaining:
         tag_at = r.pos
         tag = r.u8()
-        if tag == 0:
-            continue
         if tag & 7 in (3, 4, 6):  # int kinds carry a storage byte
             r.u8()
+        place = r.uvarint()
         len_at = r.pos
         if tag & 0x80:
             r.uvarint()
-        rec = {"tag_at": tag_at, "len_at": len_at, "after_len": r.pos, "codec": tag >> 3 & 15}
+        rec = {"tag_at": tag_at, "len_at": len_at, "after_len": r.pos, "codec": tag >> 3 & 15, "place": place}
         if rec["codec"] in (Codec.REF, Codec.SLICE):
             r.uvarint()
         else:
@@ -1085,16 +1156,31 @@ def test_hostile_header_declaring_10_12_elements():
     data = pack_model(model).data
     # the empty raw_data is the real payload; now claim 4 TB of it with every codec
     for codec in Codec:
-        raw = bytearray([1 | int(codec) << 3 | 0x80])
+        raw = bytearray([1 | int(codec) << 3 | 0x80, 1])  # (place 1: restored as a field of tensor 0)
         onnxopt.packing.format.write_uvarint(raw, 4 * 10**12)
         raw += b"\0" if codec in (Codec.REF, Codec.SLICE) else b"\0" + (b"" if codec == Codec.RAW else b"\0") + bytes(4)
         with pytest.raises(BadModelError):
             unpack_model(_rebuild(data, index=bytes(raw)))
-    # and through the shape the skeleton gives (no explicit length): 4 TB of float32
-    raw = _index_raw(data)
-    assert raw[0] & 0x80 and raw[1] == 0  # (the real, empty payload has an explicit length 0)
-    with pytest.raises(BadModelError, match=r"limit|shape"):
-        unpack_model(_rebuild(data, index=bytes([raw[0] & 0x7F]) + raw[2:]))
+
+
+def test_hostile_skeleton_field_length_fails_before_allocating():
+    """A hole's size is the length its field declares in the skeleton: 4 TB is refused, as is a place
+    that points past the skeleton's data fields."""
+    model = _model([numpy_helper.from_array(np.arange(30, dtype=np.float32), "small")])
+    data = pack_model(model).data
+    skeleton = _skeleton_raw(data)
+    (rec,) = _records(data)
+    assert rec["place"] == 0  # the first raw_data tag byte of the skeleton
+    at = skeleton.index(9 << 3 | 2)
+    assert skeleton[at + 1] == 120  # raw_data, 30 x 4 bytes
+    huge = bytearray()
+    onnxopt.packing.format.write_uvarint(huge, 4 * 10**12)
+    with pytest.raises(BadModelError, match=r"limit|declares"):
+        unpack_model(_rebuild(data, skeleton_raw=skeleton[: at + 1] + bytes(huge) + skeleton[at + 2 :]))
+    raw = bytearray(_index_raw(data))
+    raw[rec["tag_at"] + 1] = 2  # the place: skip one raw_data tag byte (there is no second)
+    with pytest.raises(BadModelError, match="does not point at a tensor data field"):
+        unpack_model(_rebuild(data, index=bytes(raw)))
 
 
 def test_every_codec_id_in_every_record(small_pack):

@@ -7,7 +7,8 @@ Layout (all integers little-endian)::
     header     struct HEADER (see below)         fixed size, ends with a CRC32 of everything before it
     stream     the bulk of CHUNKS records (large tensors), in record order: written while packing,
                before the index exists (the header is written last, over a placeholder)
-    skeleton   the ModelProto with every moved tensor payload cleared, compressed (zlib, LZMA or brotli)
+    skeleton   the serialized ModelProto with the moved payloads cut out of it (each field's tag and
+               length stay: the holes), compressed (zlib, LZMA or brotli)
     index      compressed list of tensor records with their coder tables (see pack.py)
     payloads   the per-tensor bulk bytes, concatenated in record order (see codecs.py)
     rANS words u16 words of every rANS stream, in the batch decoder's read order (see lanes.py)
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"ONNXOPTPK"
-FORMAT_VERSION = 3  # 2: index records without data type and shape (the skeleton's); 3: stream section
+FORMAT_VERSION = 4  # 2: index records without data type and shape (the skeleton's); 3: stream section;
+#                     4: the skeleton is the serialized model with its payloads cut out (wire.py)
 
 #: flags u8, records u32, skeleton (u8 codecs: skeleton | index << 4, raw u64, packed u64, crc u32),
 #: index (raw u64, packed u64, crc u32), payload bytes u64, rANS words u64, Huffman words u64,

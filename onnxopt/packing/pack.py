@@ -26,6 +26,7 @@ order the batch decoder reads them.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import lzma
@@ -55,7 +56,7 @@ from onnxopt.packing.codecs import (
     parse_payload,
     place_carries,
 )
-from onnxopt.packing.entropy import entropy_bits
+from onnxopt.packing.entropy import entropy_bits, plane_histograms
 from onnxopt.packing.format import (
     LIMITS,
     PREFIX_SIZE,
@@ -71,17 +72,22 @@ from onnxopt.packing.format import (
 )
 from onnxopt.packing.lanes import interleave_words, out_extent
 from onnxopt.packing.payload import (
+    BYTE_KINDS,
+    FIELD_TAG,
     STORE_TYPES,
     Kind,
     Payload,
     dtype_name,
     field_is_empty,
-    implied_len,
+    hole_payload,
+    int_field_content,
     raw_itemsize,
     restore_payload,
     take_payload,
+    walk_node_tensors,
     walk_tensors,
 )
+from onnxopt.packing.wire import read_varint, tensor_spans
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +117,8 @@ class PackResult:
 
     parts: list[bytes]
     tensors: list[TensorReport] = field(default_factory=list)
-    skeleton_bytes: int = 0  # compressed model structure
+    skeleton_bytes: int = 0  # compressed skeleton: the model structure and the inline (tiny) tensors
+    structure_bytes: int = 0  # what the skeleton would be without the inline tensors (the structure alone)
     index_bytes: int = 0  # compressed tensor records
     file_bytes: int = 0
     lockstep_words: int = 0  # rANS and Huffman words (0: unpacking runs no lockstep decoder)
@@ -142,13 +149,15 @@ class PackResult:
 
     @property
     def tensor_bytes_in_file(self) -> int:
-        """What the file spends on tensors: everything but the fixed header and the model skeleton."""
-        return self.file_bytes - PREFIX_SIZE - self.skeleton_bytes
+        """What the file spends on tensors: everything but the fixed header and the model structure
+        (the skeleton's compressed size without the tiny tensors it holds inline)."""
+        return self.file_bytes - PREFIX_SIZE - self.structure_bytes
 
     def to_dict(self) -> dict:
         return {
             "file_bytes": self.file_bytes,
             "skeleton_bytes": self.skeleton_bytes,
+            "structure_bytes": self.structure_bytes,
             "index_bytes": self.index_bytes,
             "raw_bytes": self.raw_bytes,
             "packed_bytes": self.packed_bytes,
@@ -191,12 +200,21 @@ def pack_model(
 def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) -> PackResult:
     from onnxopt.errors import BadModelError
 
-    skeleton, borrowed = _skeleton_of(model)
-    tensors = list(walk_tensors(skeleton))
+    model_tensors = walk_tensors(model)
+    for t in model_tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise BadModelError(
+                f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first",
+                advice="")
+    as_fields = _field_tensors(model_tensors)
+    first_initializer = len(walk_node_tensors(model.graph, [])) if model.HasField("graph") else 0
+    skeleton, borrowed = _skeleton_of(model, as_fields, first_initializer)
+    del model_tensors
+    tensors = walk_tensors(skeleton)
     stream_parts: list[bytes] = []
     stream_bytes = 0
     if out is not None:
-        start = out.tell()
+        file_start = out.tell()
         out.write(bytes(PREFIX_SIZE))  # the header's place; written once the sections are known
 
     def emit(part: bytes) -> None:
@@ -207,26 +225,48 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         else:
             stream_parts.append(part)
 
-    # one tensor at a time: take its bytes, find an identical earlier payload (stored once) or code it;
-    # only payloads small enough to be bundled keep their bytes afterwards (others: length and CRC)
+    # field tensors leave the skeleton before it is serialized; the others are cut out of its bytes
     taken: dict[int, Payload] = {}
+    for i in sorted(as_fields):
+        source = borrowed.get(i)
+        p = take_payload(tensors[i]) if source is None else Payload(
+            Kind.RAW_DATA, source.raw_data, raw_itemsize(source.data_type))
+        if p is not None:
+            taken[i] = p
+    wire = memoryview(skeleton.SerializeToString())
+    spans = tensor_spans(wire)
+    if len(spans) != len(tensors):
+        raise RuntimeError(f"internal error: {len(spans)} tensors in the serialized model, {len(tensors)} walked")
+    holes: dict[int, tuple[int, int, int]] = {}  # tensor -> (tag bytes to skip, content start, end) in wire
+    inline: dict[int, tuple[Payload, int, int]] = {}  # tiny payloads, which stay in the skeleton
+    hole_end = 0
+    for i, t in enumerate(tensors):
+        if i not in as_fields:
+            found = hole_payload(t, wire, spans[i])
+            if found is None:
+                continue
+            p, tag_at, begin, end = found
+            if end - begin <= options.inline_max_bytes:
+                inline[i] = (p, begin, end)
+            else:  # the field's tag is the (skip + 1)-th byte of its value after the last hole
+                skip = wire[hole_end:tag_at].tobytes().count(FIELD_TAG[p.kind])
+                taken[i], holes[i] = p, (skip, begin, end)
+                hole_end = end
+    del spans
+    order = sorted(taken)
+    skeleton_raw = _cut(wire, [holes[i][1:] for i in order if i in holes])
+    # what the structure alone costs compressed: the rest of the skeleton is the inline tensors' cost
+    bare = _cut(wire, sorted([h[1:] for h in holes.values()] + [h[1:] for h in inline.values()]))
+
+    # one tensor at a time: find an identical earlier payload (stored once) or code it; only payloads
+    # small enough to be bundled keep their bytes afterwards (others: length and CRC)
     raw_len: dict[int, int] = {}
     raw_crc: dict[int, int] = {}
     refs: dict[int, int] = {}
     seen: dict[bytes, int] = {}
     individual: dict[int, Coded] = {}
-    for i, t in enumerate(tensors):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise BadModelError(
-                f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first",
-                advice="")
-        source = borrowed.get(i)
-        if source is not None:  # a large raw initializer: read from the model, never copied into the skeleton
-            p = Payload(Kind.RAW_DATA, source.raw_data, raw_itemsize(t.data_type))
-        else:
-            p = take_payload(t)
-            if p is None:
-                continue
+    for i in order:
+        t, p = tensors[i], taken[i]
         raw_len[i], raw_crc[i] = len(p.data), zlib.crc32(p.data)
         if len(p.data) > 16:
             key = hashlib.blake2b(p.data, digest_size=20, person=bytes([p.kind, p.store])).digest()
@@ -239,8 +279,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         elif i not in refs:
             individual[i] = choose(p.data, p.itemsize, options, shape=t.dims)
         if len(p.data) > BUNDLE_MAX:
-            p = Payload(p.kind, b"", p.itemsize, p.store)
-        taken[i] = p
+            taken[i] = Payload(p.kind, b"", p.itemsize, p.store)
+    del wire
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
     sizes = {  # (chunked tensors are in the stream section already: never bundled)
@@ -259,15 +299,14 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     rans_streams = []
     huff_streams = []
     reports: list[TensorReport] = []
-    for i, t in enumerate(tensors):
-        p = taken.get(i)
-        if p is None:
-            index.append(Kind.NONE)
-            continue
+    record_of = {i: k for k, i in enumerate(order)}
+    for i in order:
+        t, p = tensors[i], taken[i]
+        place = 2 * holes[i][0] if i in holes else 2 * i + 1
         bundle = None
         if i in refs:
             body = bytearray()
-            write_uvarint(body, refs[i])
+            write_uvarint(body, record_of[refs[i]])
             coded = Coded(Codec.REF, bytes(body), label=f"ref[{tensors[refs[i]].name}]")
             size = coded.size
         elif i in member_of:
@@ -290,7 +329,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         if coded.codec != Codec.CHUNKS:  # (their bulk is in the stream section already)
             payloads.append(coded.bulk)
         crc = bundle.crc if coded.codec == Codec.BUNDLE else raw_crc[i]
-        _write_record(index, t, p.kind, p.store, coded, raw_len[i], crc)
+        explicit = i not in holes or p.kind not in BYTE_KINDS
+        _write_record(index, p.kind, p.store, coded, place, raw_len[i] if explicit else None, crc)
         reports.append(
             TensorReport(
                 name=t.name,
@@ -303,13 +343,29 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
                 codec=coded.label,
             )
         )
-    skeleton_raw = skeleton.SerializeToString()
     skel_codec, skel = _deflate_best(skeleton_raw, options.lzma_margin)
+    structure_bytes = len(_deflate_best(bare, options.lzma_margin)[1]) if inline else len(skel)
+    inline_bytes = sum(len(p.data) for p, _, _ in inline.values())
+    for i, (p, _, _) in inline.items():
+        t = tensors[i]
+        planes = plane_histograms(np.frombuffer(p.data, dtype=np.uint8), p.itemsize)
+        reports.append(
+            TensorReport(
+                name=t.name,
+                dtype=dtype_name(t.data_type),
+                shape=list(t.dims),
+                raw_bytes=len(p.data),
+                packed_bytes=round((len(skel) - structure_bytes) * len(p.data) / max(inline_bytes, 1)),
+                entropy_bound_bytes=sum(entropy_bits(h) for h in planes) / 8,
+                byte_entropy_bound_bytes=entropy_bits(sum(planes)) / 8,
+                codec="inline",
+            )
+        )
     index_codec, index_packed = _deflate_best(bytes(index), options.lzma_margin)
     rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
     huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
     header = Header(
-        records=len(tensors),
+        records=len(order),
         section_codecs=skel_codec | index_codec << 4,
         skeleton_raw=len(skeleton_raw),
         skeleton_packed=len(skel),
@@ -328,13 +384,14 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         for part in tail:
             out.write(part)
         end = out.tell()
-        out.seek(start)
+        out.seek(file_start)
         out.write(header.pack())
         out.seek(end)
         parts = []
     else:
         parts = [header.pack(), *stream_parts, *tail]
-    result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), index_bytes=len(index_packed),
+    result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), structure_bytes=structure_bytes,
+                        index_bytes=len(index_packed),
                         file_bytes=file_bytes, lockstep_words=header.rans_words + header.huffman_words,
                         lockstep_bytes=header.words_bytes)
     log.info(
@@ -377,27 +434,59 @@ def pack_file(
 #: only payloads up to this size are ever bundled (bundles.THRESHOLDS)
 BUNDLE_MAX = max(THRESHOLDS)
 
-#: main-graph raw initializers at least this large stay out of the skeleton copy (read from the model)
-BORROW_BYTES = 4096
+#: tensors with a payload at least this large are restored as fields of the parsed model ("field"
+#: records, found by walk order) rather than spliced into the skeleton's bytes ("hole" records) ...
+FIELD_MIN_BYTES = 16 << 20
+#: ... and so are all tensors once the spliced payloads reach this much: the spliced model stays far
+#: below protobuf's 2 GB limit, and packing copies no more than this into the skeleton
+HOLE_BUDGET = 256 << 20
 
 
-def _skeleton_of(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, onnx.TensorProto]]:
-    """A copy of ``model`` to strip, in which large raw main-graph initializers come without their
-    bytes (a full CopyFrom would hold every weight twice); returns it and, by position in
-    :func:`walk_tensors` order (main-graph initializers come first), the model's tensors whose bytes
-    the packer reads directly."""
+def _field_tensors(tensors: list[onnx.TensorProto]) -> set[int]:
+    """Walk positions of the tensors restored as fields: the large ones, and every one past the budget."""
+    fields_at: set[int] = set()
+    spliced = 0
+    for i, t in enumerate(tensors):
+        size = tensor_nbytes(t)
+        if size >= FIELD_MIN_BYTES or spliced + size > HOLE_BUDGET:
+            fields_at.add(i)
+        else:
+            spliced += size
+    return fields_at
+
+
+def _skeleton_of(
+    model: onnx.ModelProto, as_fields: set[int], first_initializer: int
+) -> tuple[onnx.ModelProto, dict[int, onnx.TensorProto]]:
+    """A copy of ``model`` to strip, in which the raw main-graph initializers restored as fields come
+    without their bytes (a full CopyFrom would hold every large weight twice); returns it and, by walk
+    position (``first_initializer``: that of the first main-graph initializer), the model's tensors
+    whose bytes the packer reads directly."""
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip="graph")
+    if not model.HasField("graph"):
+        return skeleton, {}
+    skeleton.graph.SetInParent()
     copy_fields(model.graph, skeleton.graph, skip="initializer")
     borrowed: dict[int, onnx.TensorProto] = {}
     for k, t in enumerate(model.graph.initializer):
-        if (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL
-                and tensor_nbytes(t) >= BORROW_BYTES):
+        if first_initializer + k in as_fields and t.HasField("raw_data"):
             copy_fields(t, skeleton.graph.initializer.add(), skip="raw_data")
-            borrowed[k] = t
+            borrowed[first_initializer + k] = t
         else:
             skeleton.graph.initializer.append(t)
     return skeleton, borrowed
+
+
+def _cut(wire: memoryview, spans: list[tuple[int, int]]) -> bytes:
+    """``wire`` without the (sorted, disjoint) ``spans``."""
+    kept = []
+    cut_at = 0
+    for start, end in spans:
+        kept.append(wire[cut_at:start])
+        cut_at = end
+    kept.append(wire[cut_at:])
+    return b"".join(kept)
 
 
 def _deflate_best(data: bytes, lzma_margin: float) -> tuple[int, bytes]:
@@ -418,13 +507,13 @@ _KIND_OF_TAG = tuple(Kind(k) if k in Kind._value2member_map_ else None for k in 
 
 
 def _write_record(
-    index: bytearray, t: onnx.TensorProto, kind: Kind, store: int, coded: Coded, raw_len: int, crc: int | None
+    index: bytearray, kind: Kind, store: int, coded: Coded, place: int, raw_len: int | None, crc: int | None
 ) -> None:
-    implied = implied_len(t, kind, store) == raw_len
-    index.append(kind | coded.codec << 3 | (0 if implied else EXPLICIT_LEN))
+    index.append(kind | coded.codec << 3 | (0 if raw_len is None else EXPLICIT_LEN))
     if kind in INT_KINDS:
         index.append(store)
-    if not implied:
+    write_uvarint(index, place)
+    if raw_len is not None:
         write_uvarint(index, raw_len)
     if coded.codec in (Codec.REF, Codec.SLICE):  # meta is the record or bundle number; no bulk, no CRC
         index += coded.meta
@@ -439,17 +528,37 @@ def _write_record(
 # --------------------------------------------------------------------------- unpacking
 
 
-@dataclass
 class _Record:
-    kind: Kind
-    store: int = 0
-    codec: int = 0
-    raw_len: int = 0
-    meta: memoryview | None = None
-    packed_len: int = 0
-    crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
-    bundle_len: int = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
-    ref: int = -1  # REF: the record it repeats; SLICE: its bundle's number
+    """One index record after reading."""
+
+    __slots__ = (
+        "bundle_len",
+        "codec",
+        "crc",
+        "hole",
+        "hole_len",
+        "kind",
+        "meta",
+        "packed_len",
+        "raw_len",
+        "ref",
+        "store",
+        "tensor",
+    )
+
+    def __init__(self, kind: Kind, store: int, codec: int) -> None:
+        self.kind = kind
+        self.store = store
+        self.codec = codec
+        self.raw_len = 0
+        self.meta: memoryview | None = None
+        self.packed_len = 0
+        self.crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
+        self.bundle_len = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
+        self.ref = -1  # REF: the record it repeats; SLICE: its bundle's number
+        self.hole = -1  # hole records: where the payload goes in the skeleton's bytes
+        self.hole_len = 0  # and the length of the field content it becomes there
+        self.tensor = -1  # field records: the tensor's walk position
 
 
 class _Link:
@@ -497,46 +606,36 @@ def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
     return out
 
 
-def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> list[_Record]:
-    r = Reader(raw, "tensor index")
-    records = []
-    for t in tensors:
-        tag = r.u8()
-        kind = _KIND_OF_TAG[tag & 7]
-        if kind is None:
-            raise CorruptPackError(f"tensor index: unknown payload kind in record {len(records)}")
-        if kind is Kind.NONE:
-            if tag:
-                raise CorruptPackError(f"tensor index: malformed empty record {len(records)}")
-            records.append(_Record(kind))
-            continue
-        codec = tag >> 3 & 15
-        store = r.u8() if kind in INT_KINDS else 0
-        if store >= len(STORE_TYPES):
-            raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
-        if tag & EXPLICIT_LEN:
-            raw_len = r.uvarint(limits.max_tensor_bytes, "declared tensor size")
-        else:
-            raw_len = implied_len(t, kind, store)
-            if raw_len is None or raw_len > limits.max_tensor_bytes:
-                raise CorruptPackError(f"tensor {t.name!r}: its shape gives no valid size ({list(t.dims)})")
-        if codec == Codec.REF or codec == Codec.SLICE:
-            rec = _Record(kind, store, codec, raw_len)
-            rec.ref = r.uvarint(len(tensors), "record number")
-            records.append(rec)
-            continue
-        meta = r.take(r.uvarint(r.remaining, "metadata size"))
-        packed_len = raw_len if codec == Codec.RAW else r.uvarint()
-        crc = r.u32()
-        records.append(_Record(kind, store, codec, raw_len, meta, packed_len, crc))
-    r.done()
-    heads = [rec for rec in records if rec.codec == Codec.BUNDLE and rec.kind is not Kind.NONE]
+def _varint_rest(buf: bytes, pos: int, value: int) -> tuple[int, int]:
+    """Finish a varint whose first byte (``value``, >= 0x80) was read; IndexError past the end."""
+    value &= 0x7F
+    shift = 7
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise CorruptPackError("tensor index: malformed varint")
+
+
+def _read_index(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list[_Record]:
+    """The ``count`` records of the index; each hole record is matched to the payload field it fills,
+    whose tag and content length the skeleton holds at the place the record gives.
+
+    (Varints are read inline, one-byte ones without a call: this loop runs once per tensor.)
+    """
+    try:
+        records = _index_records(raw, count, skeleton, limits)
+    except IndexError:
+        raise CorruptPackError("tensor index: truncated") from None
+    heads = [rec for rec in records if rec.codec == Codec.BUNDLE]
     for rec in heads:
         rec.bundle_len = rec.raw_len
     seen = 0
     for rec in records:
-        if rec.kind is Kind.NONE:
-            continue
         if rec.codec == Codec.BUNDLE:
             seen += 1
         elif rec.codec == Codec.SLICE:
@@ -546,6 +645,87 @@ def _read_index(raw: bytes, tensors: list[onnx.TensorProto], limits: Limits) -> 
             heads[number].bundle_len += rec.raw_len
             if heads[number].bundle_len > limits.max_tensor_bytes:
                 raise CorruptPackError("tensor index: a bundle exceeds the tensor size limit")
+    return records
+
+
+def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list[_Record]:
+    records = []
+    pos = cursor = 0
+    end = len(skeleton)
+    max_tensor = limits.max_tensor_bytes
+    unskipped: dict[int, int] = {}  # per tag byte: its occurrences in the skeleton not yet skipped
+    for k in range(count):
+        tag = raw[pos]
+        kind = _KIND_OF_TAG[tag & 7]
+        if kind is None or kind is Kind.NONE:
+            raise CorruptPackError(f"tensor index: unknown payload kind in record {k}")
+        codec = tag >> 3 & 15
+        if kind in INT_KINDS:
+            store = raw[pos + 1]
+            pos += 2
+            if store >= len(STORE_TYPES):
+                raise CorruptPackError(f"tensor index: unknown integer storage type {store}")
+        else:
+            store = 0
+            pos += 1
+        place = raw[pos]
+        pos += 1
+        if place >= 0x80:
+            place, pos = _varint_rest(raw, pos, place)
+        raw_len = -1
+        if tag & EXPLICIT_LEN:
+            raw_len = raw[pos]
+            pos += 1
+            if raw_len >= 0x80:
+                raw_len, pos = _varint_rest(raw, pos, raw_len)
+            if raw_len > max_tensor:
+                raise CorruptPackError(f"tensor index: record {k} declares a {raw_len}-byte tensor")
+        rec = _Record(kind, store, codec)
+        if place & 1:
+            rec.tensor = place >> 1
+            if raw_len < 0:
+                raise CorruptPackError(f"tensor index: record {k} gives no size")
+        else:
+            tag_byte = FIELD_TAG[kind]
+            skip = place >> 1
+            if tag_byte not in unskipped:
+                unskipped[tag_byte] = skeleton.count(tag_byte)
+            unskipped[tag_byte] -= skip  # (records skip disjoint stretches: this bounds the work)
+            at = skeleton.find(tag_byte, cursor) if unskipped[tag_byte] >= 0 else -1
+            for _ in range(skip):
+                if at < 0:
+                    break
+                at = skeleton.find(tag_byte, at + 1)
+            if at < 0:
+                raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
+            rec.hole_len, cursor = read_varint(skeleton, at + 1, end)
+            rec.hole = cursor
+            if rec.hole_len > max_tensor:
+                raise CorruptPackError(f"tensor index: record {k} declares a {rec.hole_len}-byte tensor")
+            if kind in BYTE_KINDS:
+                if raw_len >= 0 and raw_len != rec.hole_len:
+                    raise CorruptPackError(f"tensor index: record {k} has two different sizes")
+                raw_len = rec.hole_len
+            elif raw_len < 0:
+                raise CorruptPackError(f"tensor index: record {k} gives no size")
+        rec.raw_len = raw_len
+        if codec == Codec.REF or codec == Codec.SLICE:
+            ref = raw[pos]
+            pos += 1
+            if ref >= 0x80:
+                ref, pos = _varint_rest(raw, pos, ref)
+            if ref >= count:
+                raise CorruptPackError(f"tensor index: record {k} refers to record {ref} of {count}")
+            rec.ref = ref
+        else:
+            r = Reader(raw, "tensor index", pos=pos)
+            rec.meta = r.take(r.uvarint(r.remaining, "metadata size"))
+            rec.packed_len = raw_len if codec == Codec.RAW else r.uvarint()
+            rec.crc = r.u32()
+            pos = r.pos
+        records.append(rec)
+    if pos != len(raw):
+        raise CorruptPackError(f"tensor index: {len(raw) - pos} unexpected trailing bytes")
     return records
 
 
@@ -574,21 +754,13 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     head = read_header(data, limits)
     stream = Reader(data, "stream section", pos=PREFIX_SIZE, end=PREFIX_SIZE + head.stream_bytes)
     r = Reader(data, "packed file", pos=PREFIX_SIZE + head.stream_bytes)
-    skeleton_raw = _inflate(head.section_codecs & 15, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
-    if zlib.crc32(skeleton_raw) != head.skeleton_crc:
+    skeleton = _inflate(head.section_codecs & 15, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
+    if zlib.crc32(skeleton) != head.skeleton_crc:
         raise CorruptPackError("model skeleton checksum mismatch")
     index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
     if zlib.crc32(index_raw) != head.index_crc:
         raise CorruptPackError("tensor index checksum mismatch")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(skeleton_raw)
-    except DecodeError as exc:
-        raise CorruptPackError(f"model skeleton is not a ModelProto ({exc})") from None
-    tensors = list(walk_tensors(model))
-    if len(tensors) != head.records:
-        raise CorruptPackError(f"index has {head.records} records but the model has {len(tensors)} tensors")
-    records = _read_index(index_raw, tensors, limits)
+    records = _read_index(index_raw, head.records, skeleton, limits)
     if sum(rec.packed_len for rec in records if rec.codec != Codec.CHUNKS) != head.payload_bytes:
         raise CorruptPackError("tensor records do not add up to the payload section")
     if sum(rec.packed_len for rec in records if rec.codec == Codec.CHUNKS) != head.stream_bytes:
@@ -596,41 +768,42 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     total = sum(rec.raw_len for rec in records)
     if total > limits.max_total_bytes:
         raise CorruptPackError(f"declares {total} bytes of tensor data (limit {limits.max_total_bytes})")
+    spliced = len(skeleton) + sum(rec.hole_len for rec in records)
+    if spliced > limits.max_skeleton_bytes:
+        raise CorruptPackError(f"declares a {spliced}-byte model (protobuf's limit is {limits.max_skeleton_bytes})")
+    names = _Names(skeleton, records)
     # parse every payload (LZ codecs inflate here), lay out the output buffer
-    parsed: list[Parsed | _Link | None] = []
+    parsed: list[Parsed | _Link] = []
     offsets: list[int] = []
     extent = 0
     bundled = 0
     bundle_heads: list[int] = []
     cursors: list[int] = []
-    members: dict[int, list[str]] = {}  # bundle record -> names of the tensors it holds
-    for i, (rec, t) in enumerate(zip(records, tensors)):
-        if rec.kind is Kind.NONE:
-            parsed.append(None)
-            offsets.append(-1)
-            continue
-        if not field_is_empty(t, rec.kind):
-            raise CorruptPackError(f"tensor {t.name!r}: payload field is already set in the model skeleton")
+    members: dict[int, list[int]] = {}  # bundle record -> the records it holds
+    for i, rec in enumerate(records):
         if rec.codec == Codec.SLICE:  # the next bytes of a bundle (no payload of its own)
             number = rec.ref
             if number >= len(bundle_heads) or cursors[number] + rec.raw_len > parsed[bundle_heads[number]].bundle_len:
-                raise CorruptPackError(f"tensor {t.name!r}: bundle slice outside its bundle")
+                raise CorruptPackError(f"{names[i]}: bundle slice outside its bundle")
             p = _Link(bundle_heads[number], cursors[number])
             cursors[number] += rec.raw_len
-            members[p.ref].append(t.name)
+            members[p.ref].append(i)
             parsed.append(p)
             offsets.append(extent)
             continue
         if rec.codec == Codec.REF:  # a repeat of an earlier record's payload
-            if rec.ref >= i or parsed[rec.ref] is None or records[rec.ref].raw_len != rec.raw_len:
-                raise CorruptPackError(f"tensor {t.name!r}: bad reference to record {rec.ref}")
+            if rec.ref >= i or records[rec.ref].raw_len != rec.raw_len or records[rec.ref].kind != rec.kind:
+                raise CorruptPackError(f"{names[i]}: bad reference to record {rec.ref}")
             parsed.append(_Link(rec.ref))
             offsets.append(extent)
             continue
         bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
-        p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor {t.name!r}", limits, rec.bundle_len)
+        try:
+            p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor record {i}", limits, rec.bundle_len)
+        except CorruptPackError as exc:  # (named only now: naming parses the model)
+            raise CorruptPackError(str(exc).replace(f"tensor record {i}", str(names[i]), 1)) from None
         if p.bundle_len >= 0:
-            members[i] = [t.name]
+            members[i] = [i]
             bundle_heads.append(i)
             cursors.append(rec.raw_len)
             bundled += p.bundle_len
@@ -645,8 +818,8 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         raise CorruptPackError("a bundle holds bytes no tensor uses")
     if extent > limits.max_total_bytes + (1 << 24):
         raise CorruptPackError(f"needs a {extent}-byte buffer (limit {limits.max_total_bytes})")
-    rans_streams = [s for p in parsed if p for s in p.rans]
-    huff_streams = [s for p in parsed if p for s in p.huffman]
+    rans_streams = [s for p in parsed for s in p.rans]
+    huff_streams = [s for p in parsed for s in p.huffman]
     if sum(s.nwords for s in rans_streams) != head.rans_words:
         raise CorruptPackError("rANS streams do not add up to the rANS word section")
     if sum(s.nwords for s in huff_streams) != head.huffman_words:
@@ -657,22 +830,22 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     stream.done()
     out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
     for rec, p, off in zip(records, parsed, offsets):
-        if p is None or not (p.fills or p.segments):
-            continue
-        fill_planes(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
+        if p.fills or p.segments:
+            fill_planes(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
     if not rans.decode_batch(rans_streams, rans_words, out):
         raise CorruptPackError("rANS data is inconsistent (corrupt word section or stream headers)")
     if not huffman.decode_batch(huff_streams, huff_words, out):
         raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
     for rec, p, off in zip(records, parsed, offsets):
-        if p is not None and p.rans:
+        if p.rans:
             place_carries(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
-    decoded: list[bytes | None] = []
+    # decode, check and splice: the skeleton's bytes with every hole filled parse into the model
+    decoded: list[bytes] = []
     bundles: dict[int, bytes] = {}
+    pieces: list[bytes | memoryview] = []
+    kept_from = 0
+    view = memoryview(skeleton)
     for i, (rec, p, off) in enumerate(zip(records, parsed, offsets)):
-        if p is None:
-            decoded.append(None)
-            continue
         if rec.codec == Codec.REF:
             payload = decoded[p.ref]
         elif rec.codec == Codec.SLICE:
@@ -686,17 +859,107 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             else:
                 payload = full
         decoded.append(payload)
-        t = tensors[i]
         if i in members:  # one CRC for the whole bundle
             if zlib.crc32(bundles[i]) != rec.crc:
-                names = ", ".join(repr(n) for n in members[i][:8]) + (", ..." if len(members[i]) > 8 else "")
-                raise CorruptPackError(
-                    f"checksum mismatch after decoding the bundle of {len(members[i])} tensors {names}"
-                )
+                held = members[i]
+                listed = ", ".join(repr(names.name(k)) for k in held[:8]) + (", ..." if len(held) > 8 else "")
+                raise CorruptPackError(f"checksum mismatch after decoding the bundle of {len(held)} tensors {listed}")
         elif rec.crc is not None and zlib.crc32(payload) != rec.crc:
-            raise CorruptPackError(f"tensor {t.name!r}: checksum mismatch after decoding")
-        try:
-            restore_payload(t, rec.kind, rec.store, payload)
-        except (ValueError, TypeError) as exc:
-            raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
+            raise CorruptPackError(f"{names[i]}: checksum mismatch after decoding")
+        if rec.hole >= 0:
+            if rec.kind not in BYTE_KINDS:
+                payload = int_field_content(rec.kind, rec.store, payload)
+                if len(payload) != rec.hole_len:
+                    raise CorruptPackError(f"{names[i]}: its values do not fill the skeleton's field")
+            pieces.append(view[kept_from : rec.hole])
+            pieces.append(payload)
+            kept_from = rec.hole
+    pieces.append(view[kept_from:])
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(b"".join(pieces))
+    except DecodeError as exc:
+        raise CorruptPackError(f"model skeleton is not a ModelProto once its tensors are in ({exc})") from None
+    del pieces
+    if any(rec.tensor >= 0 for rec in records):
+        tensors = walk_tensors(model)
+        for i, rec in enumerate(records):
+            if rec.tensor < 0:
+                continue
+            if rec.tensor >= len(tensors) or not field_is_empty(tensors[rec.tensor], rec.kind):
+                raise CorruptPackError(f"{names[i]}: no tensor with an empty data field at walk position {rec.tensor}")
+            t = tensors[rec.tensor]
+            try:
+                restore_payload(t, rec.kind, rec.store, decoded[i])
+            except (ValueError, TypeError) as exc:
+                raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
     return model
+
+
+class _RecordName:
+    """What error messages call record k; naming it (parsing the model) waits until a message is made."""
+
+    __slots__ = ("k", "names")
+
+    def __init__(self, names: _Names, k: int) -> None:
+        self.names = names
+        self.k = k
+
+    def __str__(self) -> str:
+        found = self.names.name(self.k)
+        return f"tensor record {self.k}" if found == f"record {self.k}" else f"tensor {found!r}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+class _Names:
+    """Names for error messages, worked out only when one is needed: ``names[k]`` is "tensor 'x'" for
+    record k (or "tensor record k" when the damaged file does not say)."""
+
+    def __init__(self, skeleton: bytes, records: list[_Record]) -> None:
+        self.skeleton = skeleton
+        self.records = records
+        self.known: list[str | None] | None = None
+
+    def name(self, k: int) -> str:
+        if self.known is None:
+            self.known = self._resolve()
+        found = self.known[k] if k < len(self.known) else None
+        return found if found is not None else f"record {k}"
+
+    def __getitem__(self, k: int) -> _RecordName:
+        return _RecordName(self, k)
+
+    def _resolve(self) -> list[str | None]:
+        """Splice zeros into the holes, parse, and name each hole by the tensor holding it."""
+        known: list[str | None] = [None] * len(self.records)
+        try:
+            pieces = []
+            kept_from = 0
+            holes = []
+            filled = 0
+            for k, rec in enumerate(self.records):
+                if rec.hole >= 0:
+                    pieces += [self.skeleton[kept_from : rec.hole], bytes(rec.hole_len)]
+                    holes.append((rec.hole + filled, k))
+                    filled += rec.hole_len
+                    kept_from = rec.hole
+            pieces.append(self.skeleton[kept_from:])
+            wire = b"".join(pieces)
+            model = onnx.ModelProto.FromString(wire)
+            tensors = walk_tensors(model)
+            spans = tensor_spans(wire)
+            if len(spans) != len(tensors):
+                return known
+            starts = [start for start, _ in spans]
+            for at, k in holes:
+                j = bisect.bisect_right(starts, at) - 1
+                if j >= 0 and at < spans[j][1]:
+                    known[k] = tensors[j].name
+            for k, rec in enumerate(self.records):
+                if 0 <= rec.tensor < len(tensors):
+                    known[k] = tensors[rec.tensor].name
+        except Exception:  # (a damaged file: the record numbers will do)
+            log.debug("cannot name the tensor records", exc_info=True)
+        return known

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxopt.packing.format import CorruptPackError, Reader, write_uvarint
+from onnxopt.packing.wire import fields, read_varint
 
 
 class Kind(enum.IntEnum):
@@ -43,8 +44,19 @@ FIELD = {
     Kind.DOUBLE_DATA: "double_data",
     Kind.UINT64_DATA: "uint64_data",
 }
-#: wire tag of the packed repeated fields moved as bytes (field number << 3 | length-delimited)
-WIRE_TAG = {Kind.FLOAT_DATA: 4 << 3 | 2, Kind.DOUBLE_DATA: 10 << 3 | 2}
+#: TensorProto field number of each payload field
+FIELD_NUMBER = {
+    Kind.RAW_DATA: 9,
+    Kind.FLOAT_DATA: 4,
+    Kind.INT32_DATA: 5,
+    Kind.INT64_DATA: 7,
+    Kind.DOUBLE_DATA: 10,
+    Kind.UINT64_DATA: 11,
+}
+#: wire tag of each payload field (field number << 3 | length-delimited; the repeated ones are packed)
+FIELD_TAG = {kind: number << 3 | 2 for kind, number in FIELD_NUMBER.items()}
+#: kinds whose payload is the field's wire content itself (the int fields are varints on the wire)
+BYTE_KINDS = frozenset({Kind.RAW_DATA, Kind.FLOAT_DATA, Kind.DOUBLE_DATA})
 #: integer storage types for the int fields, narrowest first
 STORE_TYPES = ("<i1", "<u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8")
 
@@ -67,33 +79,6 @@ _ITEMSIZE = {
 }
 
 
-#: bytes per element of raw_data, for the types whose raw_data is exactly elements x this
-_ELEMENT_BYTES = {**_ITEMSIZE, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16}
-
-
-def implied_len(t: TensorProto, kind: Kind, store: int) -> int | None:
-    """The payload length that ``t``'s shape and type give for ``kind`` (None if they give none).
-
-    The index leaves a length out when it equals this (nearly always), so a record costs less.
-    """
-    count = 1
-    for d in t.dims:  # (faster than min() and math.prod() over protobuf's repeated field: 0.6 vs 1.1 us)
-        if d < 0:
-            return None
-        count *= d
-    if kind is Kind.RAW_DATA:
-        size = _ELEMENT_BYTES.get(t.data_type)
-    elif kind is Kind.FLOAT_DATA:
-        size = 8 if t.data_type == TensorProto.COMPLEX64 else 4
-    elif kind is Kind.DOUBLE_DATA:
-        size = 16 if t.data_type == TensorProto.COMPLEX128 else 8
-    elif kind in (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA) and 0 <= store < len(STORE_TYPES):
-        size = np.dtype(STORE_TYPES[store]).itemsize
-    else:
-        return None
-    return None if size is None else count * size
-
-
 def raw_itemsize(data_type: int) -> int:
     """Bytes per element of ``raw_data`` for byte grouping (1 for 8-bit, sub-byte and unknown types)."""
     return _ITEMSIZE.get(data_type, 1)
@@ -109,57 +94,61 @@ def dtype_name(data_type: int) -> str:
 # --------------------------------------------------------------------------- walking
 
 
-_A = onnx.AttributeProto
+def walk_node_tensors(graph: onnx.GraphProto, out: list[TensorProto]) -> list[TensorProto]:
+    """Append the tensors of ``graph``'s nodes (their attributes, subgraphs included) to ``out``: what
+    :func:`walk_tensors` visits in a graph before its initializers."""
+    for node in graph.node:
+        for attr in node.attribute:
+            _walk_attr(attr, out)
+    return out
 
 
 def _walk_graph(graph: onnx.GraphProto, out: list[TensorProto]) -> None:
+    walk_node_tensors(graph, out)
     out.extend(graph.initializer)
     for sparse in graph.sparse_initializer:
-        out.append(sparse.values)
-        out.append(sparse.indices)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type in _HOLDS_TENSORS:  # (most attributes are ints, floats or strings)
-                _walk_attr(attr, out)
-
-
-_HOLDS_TENSORS = frozenset({_A.TENSOR, _A.TENSORS, _A.SPARSE_TENSOR, _A.SPARSE_TENSORS, _A.GRAPH, _A.GRAPHS})
+        _walk_sparse(sparse, out)
 
 
 def _walk_attr(attr: onnx.AttributeProto, out: list[TensorProto]) -> None:
-    # dispatch on the declared type: a tensor hidden in a field of another type just stays in the
-    # skeleton (packing and unpacking walk identically, so that is still exact)
-    kind = attr.type
-    if kind == _A.TENSOR:
+    # every field that can hold a tensor, whatever the declared type, in field-number order
+    if attr.HasField("t"):
         out.append(attr.t)
-    elif kind == _A.TENSORS:
-        out.extend(attr.tensors)
-    elif kind == _A.SPARSE_TENSOR:
-        out.append(attr.sparse_tensor.values)
-        out.append(attr.sparse_tensor.indices)
-    elif kind == _A.SPARSE_TENSORS:
-        for sparse in attr.sparse_tensors:
-            out.append(sparse.values)
-            out.append(sparse.indices)
-    elif kind == _A.GRAPH:
+    if attr.HasField("g"):
         _walk_graph(attr.g, out)
-    else:
-        for g in attr.graphs:
-            _walk_graph(g, out)
+    out.extend(attr.tensors)
+    for g in attr.graphs:
+        _walk_graph(g, out)
+    if attr.HasField("sparse_tensor"):
+        _walk_sparse(attr.sparse_tensor, out)
+    for sparse in attr.sparse_tensors:
+        _walk_sparse(sparse, out)
+
+
+def _walk_sparse(sparse: onnx.SparseTensorProto, out: list[TensorProto]) -> None:
+    if sparse.HasField("values"):
+        out.append(sparse.values)
+    if sparse.HasField("indices"):
+        out.append(sparse.indices)
 
 
 def walk_tensors(model: onnx.ModelProto) -> list[TensorProto]:
-    """Every TensorProto of ``model`` in a fixed order (the pack and unpack sides walk identically)."""
+    """Every TensorProto of ``model`` in serialization order (field-number order in every message):
+    the order :func:`onnxopt.packing.wire.tensor_spans` finds them in the serialized model."""
     out: list[TensorProto] = []
-    _walk_graph(model.graph, out)
+    if model.HasField("graph"):
+        _walk_graph(model.graph, out)
+    for info in model.training_info:
+        if info.HasField("initialization"):
+            _walk_graph(info.initialization, out)
+        if info.HasField("algorithm"):
+            _walk_graph(info.algorithm, out)
     for function in model.functions:
         for node in function.node:
             for attr in node.attribute:
-                if attr.type in _HOLDS_TENSORS:
-                    _walk_attr(attr, out)
-    for info in model.training_info:
-        _walk_graph(info.initialization, out)
-        _walk_graph(info.algorithm, out)
+                _walk_attr(attr, out)
+        for attr in function.attribute_proto:
+            _walk_attr(attr, out)
     return out
 
 
@@ -203,28 +192,76 @@ def _packed_wire_bytes(t: TensorProto, name: str, tag: int) -> bytes:
     return data
 
 
+def payload_kind(t: TensorProto) -> Kind | None:
+    """Which of ``t``'s data fields holds its payload: ``raw_data`` if present (even empty), else the
+    first non-empty repeated field; None for tensors with none (strings, external data)."""
+    if t.HasField("raw_data"):
+        return Kind.RAW_DATA
+    for kind in (Kind.FLOAT_DATA, Kind.DOUBLE_DATA, Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA):
+        if len(getattr(t, FIELD[kind])):
+            return kind
+    return None
+
+
+def _int_payload(t: TensorProto, kind: Kind) -> Payload:
+    values = np.array(getattr(t, FIELD[kind]), dtype=np.uint64 if kind is Kind.UINT64_DATA else np.int64)
+    store = _narrowest(values)
+    return Payload(kind, values.astype(STORE_TYPES[store]).tobytes(), np.dtype(STORE_TYPES[store]).itemsize, store)
+
+
+def _byte_itemsize(t: TensorProto, kind: Kind) -> int:
+    if kind is Kind.RAW_DATA:
+        return raw_itemsize(t.data_type)
+    return 4 if kind is Kind.FLOAT_DATA else 8
+
+
 def take_payload(t: TensorProto) -> Payload | None:
     """Move ``t``'s data field out (clearing it in ``t``); None if it has nothing to move."""
-    if t.HasField("raw_data"):
+    kind = payload_kind(t)
+    if kind is None:
+        return None
+    if kind is Kind.RAW_DATA:
         data = t.raw_data
-        t.ClearField("raw_data")
-        return Payload(Kind.RAW_DATA, data, raw_itemsize(t.data_type))
-    for kind in (Kind.FLOAT_DATA, Kind.DOUBLE_DATA):
-        name = FIELD[kind]
-        if len(getattr(t, name)):
-            data = _packed_wire_bytes(t, name, WIRE_TAG[kind])
-            t.ClearField(name)
-            return Payload(kind, data, 4 if kind is Kind.FLOAT_DATA else 8)
-    for kind in (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA):
-        name = FIELD[kind]
-        field = getattr(t, name)
-        if len(field):
-            values = np.array(field, dtype=np.uint64 if kind is Kind.UINT64_DATA else np.int64)
-            store = _narrowest(values)
-            data = values.astype(STORE_TYPES[store]).tobytes()
-            t.ClearField(name)
-            return Payload(kind, data, np.dtype(STORE_TYPES[store]).itemsize, store)
-    return None
+    elif kind in BYTE_KINDS:
+        data = _packed_wire_bytes(t, FIELD[kind], FIELD_TAG[kind])
+    else:
+        p = _int_payload(t, kind)
+        t.ClearField(FIELD[kind])
+        return p
+    t.ClearField(FIELD[kind])
+    return Payload(kind, data, _byte_itemsize(t, kind))
+
+
+def hole_payload(t: TensorProto, wire: memoryview, span: tuple[int, int]) -> tuple[Payload, int, int, int] | None:
+    """``t``'s payload as the serialized model ``wire`` holds it, where ``span`` is ``t``'s place there:
+    the payload, where its field starts in ``wire`` (its tag), and the (start, end) of the field's
+    content (the hole packing cuts out).
+    None if ``t`` has no payload or an empty one (the skeleton keeps the empty field as it is)."""
+    kind = payload_kind(t)
+    if kind is None:
+        return None
+    number = FIELD_NUMBER[kind]
+    found = next((f for f in fields(wire, span[0], span[1]) if f[0] == number), None)
+    if found is None:
+        raise ValueError(f"tensor {t.name!r}: its {FIELD[kind]} is not in the serialized model")
+    _, tag_at, start, end = found
+    if start == end:
+        return None
+    if kind in BYTE_KINDS:
+        return Payload(kind, wire[start:end], _byte_itemsize(t, kind)), tag_at, start, end
+    return _int_payload(t, kind), tag_at, start, end
+
+
+def int_field_content(kind: Kind, store: int, data: bytes | memoryview) -> bytes:
+    """The wire content (packed varints) of an int field holding ``data`` (values as STORE_TYPES[store])."""
+    dtype = np.dtype(STORE_TYPES[store])
+    if len(data) % dtype.itemsize:
+        raise CorruptPackError(f"{len(data)} bytes is not a whole number of {dtype.name} values")
+    t = TensorProto()
+    getattr(t, FIELD[kind]).extend(np.frombuffer(data, dtype=dtype).tolist())
+    wire = t.SerializeToString()
+    _, start = read_varint(wire, 1, len(wire))  # (after the one-byte tag: the length)
+    return wire[start:]
 
 
 def field_is_empty(t: TensorProto, kind: Kind) -> bool:
@@ -237,10 +274,10 @@ def restore_payload(t: TensorProto, kind: Kind, store: int, data: bytes) -> None
     """Put a payload taken by :func:`take_payload` back into ``t``."""
     if kind is Kind.RAW_DATA:
         t.raw_data = data
-    elif kind in WIRE_TAG:
+    elif kind in BYTE_KINDS:
         if len(data) % (4 if kind is Kind.FLOAT_DATA else 8):
             raise CorruptPackError(f"tensor {t.name!r}: {len(data)} bytes is not a whole number of values")
-        head = bytearray([WIRE_TAG[kind]])
+        head = bytearray([FIELD_TAG[kind]])
         write_uvarint(head, len(data))
         t.MergeFromString(bytes(head) + data)
     else:
