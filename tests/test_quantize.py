@@ -172,7 +172,7 @@ def _hardswish_se_model() -> onnx.ModelProto:
 
 
 def test_hardswish_hardsigmoid_and_global_pool_run_int8(tmp_path):
-    # HardSwish between two int8 convs becomes QLinearAdd + QLinearMul (no float island), the
+    # HardSwish between two int8 convs becomes a uint8 Clip + QLinearMul (no float island), the
     # global pool of an int8 tensor runs QLinearGlobalAveragePool even though float SE convs read it
     model = _hardswish_se_model()
     q, entry = _quantize(model, tmp_path, min_macs=2**12)
@@ -182,7 +182,7 @@ def test_hardswish_hardsigmoid_and_global_pool_run_int8(tmp_path):
     kc = kernel_counts(q)
     assert kc["int8_kernels"].get("QLinearConv", 0) == 3, kc  # the SE convs are tiny: float
     assert kc["int8_kernels"].get("QLinearGlobalAveragePool", 0) == 1, kc
-    assert kc["int8_kernels"].get("QLinearMul", 0) >= 2 and kc["int8_kernels"].get("QLinearAdd", 0) >= 1, kc
+    assert kc["int8_kernels"].get("QLinearMul", 0) >= 2 and kc["other_ops"].get("Clip", 0) == 1, kc
     assert kc["other_ops"].get("HardSwish", 0) == 0, kc
     s = _fidelity(model, q, model)
     assert s["min_sqnr_db"] > 25 and s["min_cosine"] > 0.995, s
@@ -900,3 +900,30 @@ def test_budget_search_also_starts_from_all_when_it_tied(tmp_path, monkeypatch):
     dw = {n.name for n in to_graph(model).nodes if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1}
     if mp.get("chosen") == "prefix_from_all":
         assert not dw <= set(entry.stats["float_nodes"])  # not every depthwise conv stayed float
+
+
+def test_hardswish_runs_on_its_input_codes(tmp_path):
+    # the HardSwish input sits on a grid with zero_point * scale == 3, so x + 3 = scale * q: the
+    # HardSigmoid factor is a uint8 Clip(q, 0, 2 * zero_point) read at scale / 6 - exact, and no
+    # QLinearAdd re-quantizes x / 6 + 0.5 onto a [0, 1] grid of its own
+    model = _hardswish_se_model()
+    q, entry = _quantize(model, tmp_path, min_macs=2**12)
+    assert entry.stats["emitted"].get("hardswish_codes_clip") == 1
+    inits = _inits(q)
+    qn = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("c1"))
+    s1, k = float(inits[qn.input[1]]), int(inits[qn.input[2]])
+    assert abs(s1 * k - 3.0) < 1e-5, (s1, k)
+    clip = next(n for n in q.graph.node if n.op_type == "Clip")
+    assert clip.input[0] == qn.output[0] and int(inits[clip.input[2]]) == min(2 * k, 255)
+    assert inits[clip.input[1]].dtype == np.uint8
+    kc = kernel_counts(q)
+    assert kc["int8_kernels"].get("QLinearAdd", 0) == 0 and kc["int8_kernels"].get("QLinearMul", 0) >= 1, kc
+    # the int8 HardSwish is HardSwish of the quantized input, up to the output's rounding
+    feed = fixtures.random_feeds(model, seed=9)
+    c1 = OrtRunner(q, extra_outputs=["c1"]).run(feed)["c1"]  # the DQ of conv1's uint8 output
+    qo = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("h1"))
+    s_h = float(inits[qo.input[1]])
+    h1 = OrtRunner(q, extra_outputs=["h1"]).run(feed)["h1"]
+    exact = c1 * np.clip(c1 + 3.0, 0.0, 6.0) / 6.0
+    assert np.abs(h1 - exact).max() <= 0.5 * s_h + 1e-5
+    assert _fidelity(model, q, model)["min_sqnr_db"] > 25
