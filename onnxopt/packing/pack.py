@@ -1,12 +1,22 @@
 """pack_model / unpack_model: a ModelProto to a packed file and back, bit-exactly.
 
-The index (compressed like the skeleton, or stored) holds one record per walked TensorProto::
+The skeleton is the model's own serialization with the moved payloads cut out: each moved field
+keeps its tag and length, and only its content (the *hole*) is gone. Unpacking decodes the payloads,
+splices them back into the holes and parses the result once, so no Python code runs per tensor
+field. Payloads of up to ``PackOptions.inline_max_bytes`` (int8 scales and zero points) are not moved.
 
-    u8 tag: payload.Kind in bits 0-2 (NONE = nothing moved: the tag is 0 and the record ends here),
-        codecs.Codec in bits 3-6, bit 7 set when raw_len is given explicitly
+The index (compressed like the skeleton, or stored) holds one record per moved payload, in the
+order of the serialized model::
+
+    u8 tag: payload.Kind in bits 0-2, codecs.Codec in bits 3-6, bit 7 set when raw_len is given
     u8 store (integer storage type), for the int fields only
-    uvarint raw_len (decoded payload bytes), only with bit 7: otherwise the skeleton's shape and
-        data type give it (payload.implied_len)
+    uvarint place: even = a hole: place / 2 is how many bytes equal to the field's wire tag to pass
+        over in the skeleton after the previous hole before reaching this field's tag (almost always
+        0, so the index costs next to nothing); odd = a field record: place // 2 is the tensor's
+        position in payload.walk_tensors order, and the payload is set on the parsed model (tensors
+        of FIELD_MIN_BYTES and more, and all once the holes reach HOLE_BUDGET)
+    uvarint raw_len (decoded payload bytes), only with bit 7: the int fields (whose holes hold
+        varints) and field records; a hole of raw_data, float_data or double_data is its own length
     REF / SLICE: uvarint record / bundle number, and nothing else (no bulk; the bytes are checked
         by the CRC of the record or bundle they come from)
     others: uvarint meta_len | meta bytes (codec parameters, coder tables, lane states: see
@@ -14,9 +24,8 @@ The index (compressed like the skeleton, or stored) holds one record per walked 
         decoded payload (BUNDLE: of the whole bundle, covering all its SLICE records)
 
 Keeping every table and lane state in the index lets one compressor squeeze the many similar
-tables of a model together. Records are matched to the skeleton's tensors by walk order; data type
-and shape are the skeleton's (format 1 repeated them in every record), and a payload that decodes to
-anything else than what its CRC32 says is refused.
+tables of a model together. A payload that decodes to anything else than what its CRC32 says is
+refused, and the spliced bytes must parse as a ModelProto.
 
 Bulk sits in the payload section in record order, except that of CHUNKS records (large tensors),
 which is in the stream section before the skeleton. After the payload section come the shared word
@@ -503,6 +512,7 @@ def _deflate_best(data: bytes, lzma_margin: float) -> tuple[int, bytes]:
 #: record tag bits: kind in bits 0-2, codec in bits 3-6, and this flag when raw_len is written out
 EXPLICIT_LEN = 0x80
 INT_KINDS = (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA)
+_REF, _SLICE = int(Codec.REF), int(Codec.SLICE)  # (plain ints: compared once per record)
 _KIND_OF_TAG = tuple(Kind(k) if k in Kind._value2member_map_ else None for k in range(8))  # (Kind(k) is slow)
 
 
@@ -529,50 +539,22 @@ def _write_record(
 
 
 class _Record:
-    """One index record after reading."""
+    """One index record after reading (class-level defaults: a record sets only what it has)."""
 
-    __slots__ = (
-        "bundle_len",
-        "codec",
-        "crc",
-        "hole",
-        "hole_len",
-        "kind",
-        "meta",
-        "packed_len",
-        "raw_len",
-        "ref",
-        "store",
-        "tensor",
-    )
+    meta: memoryview | None = None
+    packed_len = 0
+    crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
+    bundle_len = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
+    ref = -1  # REF: the record it repeats; SLICE: its bundle's number
+    hole = -1  # hole records: where the payload goes in the skeleton's bytes
+    hole_len = 0  # and the length of the field content it becomes there
+    tensor = -1  # field records: the tensor's walk position
 
     def __init__(self, kind: Kind, store: int, codec: int) -> None:
         self.kind = kind
         self.store = store
         self.codec = codec
         self.raw_len = 0
-        self.meta: memoryview | None = None
-        self.packed_len = 0
-        self.crc: int | None = None  # None: covered by another record's CRC (REF: its target; SLICE: its bundle)
-        self.bundle_len = -1  # BUNDLE: the bundle's size (its own and its SLICE records' raw_len)
-        self.ref = -1  # REF: the record it repeats; SLICE: its bundle's number
-        self.hole = -1  # hole records: where the payload goes in the skeleton's bytes
-        self.hole_len = 0  # and the length of the field content it becomes there
-        self.tensor = -1  # field records: the tensor's walk position
-
-
-class _Link:
-    """A REF or SLICE record after parsing: the record holding its bytes, and where they start there."""
-
-    __slots__ = ("offset", "ref")
-    # what the later stages read of a Parsed: a link has no payload of its own
-    rans = huffman = fills = segments = ()
-    extent = 0
-    bundle_len = -1
-
-    def __init__(self, ref: int, offset: int = 0) -> None:
-        self.ref = ref
-        self.offset = offset
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -698,18 +680,23 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
                 at = skeleton.find(tag_byte, at + 1)
             if at < 0:
                 raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
-            rec.hole_len, cursor = read_varint(skeleton, at + 1, end)
+            hole_len = skeleton[at + 1] if at + 1 < end else 0x80
+            if hole_len < 0x80:
+                cursor = at + 2
+            else:
+                hole_len, cursor = read_varint(skeleton, at + 1, end)
             rec.hole = cursor
-            if rec.hole_len > max_tensor:
-                raise CorruptPackError(f"tensor index: record {k} declares a {rec.hole_len}-byte tensor")
+            rec.hole_len = hole_len
+            if hole_len > max_tensor:
+                raise CorruptPackError(f"tensor index: record {k} declares a {hole_len}-byte tensor")
             if kind in BYTE_KINDS:
-                if raw_len >= 0 and raw_len != rec.hole_len:
+                if raw_len >= 0 and raw_len != hole_len:
                     raise CorruptPackError(f"tensor index: record {k} has two different sizes")
-                raw_len = rec.hole_len
+                raw_len = hole_len
             elif raw_len < 0:
                 raise CorruptPackError(f"tensor index: record {k} gives no size")
         rec.raw_len = raw_len
-        if codec == Codec.REF or codec == Codec.SLICE:
+        if codec in (_REF, _SLICE):
             ref = raw[pos]
             pos += 1
             if ref >= 0x80:
@@ -772,30 +759,18 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if spliced > limits.max_skeleton_bytes:
         raise CorruptPackError(f"declares a {spliced}-byte model (protobuf's limit is {limits.max_skeleton_bytes})")
     names = _Names(skeleton, records)
-    # parse every payload (LZ codecs inflate here), lay out the output buffer
-    parsed: list[Parsed | _Link] = []
-    offsets: list[int] = []
+    # parse every payload (LZ codecs inflate here), lay out the output buffer; bundle slices and
+    # references have no payload of their own (a bundle's size is the sum of its slices: _read_index)
+    parsed: dict[int, Parsed] = {}
+    offsets: dict[int, int] = {}
     extent = 0
     bundled = 0
     bundle_heads: list[int] = []
-    cursors: list[int] = []
-    members: dict[int, list[int]] = {}  # bundle record -> the records it holds
     for i, rec in enumerate(records):
-        if rec.codec == Codec.SLICE:  # the next bytes of a bundle (no payload of its own)
-            number = rec.ref
-            if number >= len(bundle_heads) or cursors[number] + rec.raw_len > parsed[bundle_heads[number]].bundle_len:
-                raise CorruptPackError(f"{names[i]}: bundle slice outside its bundle")
-            p = _Link(bundle_heads[number], cursors[number])
-            cursors[number] += rec.raw_len
-            members[p.ref].append(i)
-            parsed.append(p)
-            offsets.append(extent)
-            continue
-        if rec.codec == Codec.REF:  # a repeat of an earlier record's payload
-            if rec.ref >= i or records[rec.ref].raw_len != rec.raw_len or records[rec.ref].kind != rec.kind:
+        if rec.codec in (_REF, _SLICE):
+            if rec.codec == _REF and (rec.ref >= i or records[rec.ref].raw_len != rec.raw_len
+                                      or records[rec.ref].kind != rec.kind):
                 raise CorruptPackError(f"{names[i]}: bad reference to record {rec.ref}")
-            parsed.append(_Link(rec.ref))
-            offsets.append(extent)
             continue
         bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
         try:
@@ -803,23 +778,19 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         except CorruptPackError as exc:  # (named only now: naming parses the model)
             raise CorruptPackError(str(exc).replace(f"tensor record {i}", str(names[i]), 1)) from None
         if p.bundle_len >= 0:
-            members[i] = [i]
             bundle_heads.append(i)
-            cursors.append(rec.raw_len)
             bundled += p.bundle_len
             if bundled > limits.max_total_bytes:
                 raise CorruptPackError(f"declares {bundled} bytes of bundled tensors (limit {limits.max_total_bytes})")
-        parsed.append(p)
-        offsets.append(extent)
+        parsed[i] = p
+        offsets[i] = extent
         for s in p.rans + p.huffman:
             s.dest += extent
         extent += p.extent
-    if any(cursors[k] != parsed[head].bundle_len for k, head in enumerate(bundle_heads)):
-        raise CorruptPackError("a bundle holds bytes no tensor uses")
     if extent > limits.max_total_bytes + (1 << 24):
         raise CorruptPackError(f"needs a {extent}-byte buffer (limit {limits.max_total_bytes})")
-    rans_streams = [s for p in parsed for s in p.rans]
-    huff_streams = [s for p in parsed for s in p.huffman]
+    rans_streams = [s for p in parsed.values() for s in p.rans]
+    huff_streams = [s for p in parsed.values() for s in p.huffman]
     if sum(s.nwords for s in rans_streams) != head.rans_words:
         raise CorruptPackError("rANS streams do not add up to the rANS word section")
     if sum(s.nwords for s in huff_streams) != head.huffman_words:
@@ -829,43 +800,44 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     r.done()
     stream.done()
     out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
-    for rec, p, off in zip(records, parsed, offsets):
+    for i, p in parsed.items():
         if p.fills or p.segments:
-            fill_planes(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
+            fill_planes(p, out, offsets[i], p.bundle_len if p.bundle_len >= 0 else records[i].raw_len)
     if not rans.decode_batch(rans_streams, rans_words, out):
         raise CorruptPackError("rANS data is inconsistent (corrupt word section or stream headers)")
     if not huffman.decode_batch(huff_streams, huff_words, out):
         raise CorruptPackError("Huffman data is inconsistent (corrupt word section or stream headers)")
-    for rec, p, off in zip(records, parsed, offsets):
+    for i, p in parsed.items():
         if p.rans:
-            place_carries(p, out, off, p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
+            place_carries(p, out, offsets[i], p.bundle_len if p.bundle_len >= 0 else records[i].raw_len)
     # decode, check and splice: the skeleton's bytes with every hole filled parse into the model
     decoded: list[bytes] = []
-    bundles: dict[int, bytes] = {}
+    bundles: list[bytes] = []  # by bundle number
+    cursors: list[int] = []  # where each bundle's next slice starts
     pieces: list[bytes | memoryview] = []
     kept_from = 0
     view = memoryview(skeleton)
-    for i, (rec, p, off) in enumerate(zip(records, parsed, offsets)):
-        if rec.codec == Codec.REF:
-            payload = decoded[p.ref]
-        elif rec.codec == Codec.SLICE:
-            payload = bundles[p.ref][p.offset : p.offset + rec.raw_len]
+    for i, rec in enumerate(records):
+        codec = rec.codec
+        if codec == _SLICE:
+            number = rec.ref
+            at = cursors[number]
+            cursors[number] = at + rec.raw_len
+            payload = bundles[number][at : at + rec.raw_len]
+        elif codec == _REF:
+            payload = decoded[rec.ref]
         else:
-            size = p.bundle_len if p.bundle_len >= 0 else rec.raw_len
-            full = assemble(p, out, off, size)
-            if p.bundle_len >= 0:
-                bundles[i] = full
-                payload = full[: rec.raw_len]
-            else:
-                payload = full
+            p = parsed[i]
+            payload = assemble(p, out, offsets[i], p.bundle_len if p.bundle_len >= 0 else rec.raw_len)
+            if p.bundle_len >= 0:  # one CRC for the whole bundle
+                if zlib.crc32(payload) != rec.crc:
+                    raise CorruptPackError(_bundle_damage(records, i, len(bundles), names))
+                bundles.append(payload)
+                cursors.append(rec.raw_len)
+                payload = payload[: rec.raw_len]
+            elif zlib.crc32(payload) != rec.crc:
+                raise CorruptPackError(f"{names[i]}: checksum mismatch after decoding")
         decoded.append(payload)
-        if i in members:  # one CRC for the whole bundle
-            if zlib.crc32(bundles[i]) != rec.crc:
-                held = members[i]
-                listed = ", ".join(repr(names.name(k)) for k in held[:8]) + (", ..." if len(held) > 8 else "")
-                raise CorruptPackError(f"checksum mismatch after decoding the bundle of {len(held)} tensors {listed}")
-        elif rec.crc is not None and zlib.crc32(payload) != rec.crc:
-            raise CorruptPackError(f"{names[i]}: checksum mismatch after decoding")
         if rec.hole >= 0:
             if rec.kind not in BYTE_KINDS:
                 payload = int_field_content(rec.kind, rec.store, payload)
@@ -894,6 +866,12 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             except (ValueError, TypeError) as exc:
                 raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
     return model
+
+
+def _bundle_damage(records: list[_Record], head: int, number: int, names: _Names) -> str:
+    held = [head] + [k for k, rec in enumerate(records) if rec.codec == _SLICE and rec.ref == number]
+    listed = ", ".join(repr(names.name(k)) for k in held[:8]) + (", ..." if len(held) > 8 else "")
+    return f"checksum mismatch after decoding the bundle of {len(held)} tensors {listed}"
 
 
 class _RecordName:

@@ -1,16 +1,20 @@
-"""Moving tensor payloads out of a ModelProto and back, so the restored proto serializes identically.
+"""Tensor payloads: which field of a TensorProto holds its data, and taking it out and back.
 
-Every TensorProto of the model is visited in one fixed order (:func:`walk_tensors`): graph
-initializers, sparse initializers, node attributes (tensor, tensors, sparse tensors), subgraphs,
-functions and training graphs. From each, exactly one data field is moved out and cleared:
+Every TensorProto of the model is visited in one fixed order (:func:`walk_tensors`), the order of
+the serialized model: in each graph the nodes' attributes (tensors, subgraphs, sparse tensors), then
+initializers and sparse initializers; then training graphs and functions. From each, one data field
+is the payload (:func:`payload_kind`):
 
-* ``raw_data``: its bytes (presence is kept: an explicitly empty ``raw_data`` comes back set);
+* ``raw_data``, when present (an explicitly empty ``raw_data`` stays as it is in the skeleton);
 * ``float_data`` / ``double_data``: their packed wire bytes, which are the little-endian values bit
   for bit (NaN payloads included; going through Python floats could quiet a signalling NaN);
 * ``int32_data`` / ``int64_data`` / ``uint64_data``: the values, stored in the narrowest integer type
-  that holds them exactly (``helper.make_tensor`` keeps int8 and float16 data in ``int32_data``).
+  that holds them exactly (``helper.make_tensor`` keeps int8 and float16 data in ``int32_data``);
+  on the wire they are varints, which :func:`int_field_content` writes back exactly.
 
-String tensors and anything else stay in the skeleton, which is serialized as it is.
+Most payloads are cut out of the serialized model (:func:`hole_payload`); large ones are taken from
+the parsed tensor and set back on it (:func:`take_payload`, :func:`restore_payload`). String tensors
+and anything else stay in the skeleton.
 """
 
 from __future__ import annotations
