@@ -291,8 +291,9 @@ def real_feeds(model_path: str | os.PathLike, count: int, seed: int = 0) -> list
     rng = np.random.default_rng(seed)
     if "silero_vad_openvino" in name:
         return _silero(str(model_path), count, rng, 512, 64, with_sr=False)
-    if "silero_vad" in name:
-        return _silero(str(model_path), count, rng, 512, 0, with_sr=True)
+    if "silero_vad" in name:  # (v5 models too read 64 samples of context before each 512-sample chunk,
+        # as silero-vad's OnnxWrapper feeds them; without it they answer ~0.001 and saturate their state)
+        return _silero(str(model_path), count, rng, 512, 64, with_sr=True)
     for key, fn in MODEL_DATA.items():
         if key in name:
             return fn(count, rng)
