@@ -588,21 +588,6 @@ def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
     return out
 
 
-def _varint_rest(buf: bytes, pos: int, value: int) -> tuple[int, int]:
-    """Finish a varint whose first byte (``value``, >= 0x80) was read; IndexError past the end."""
-    value &= 0x7F
-    shift = 7
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise CorruptPackError("tensor index: malformed varint")
-
-
 def _read_index(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list[_Record]:
     """The ``count`` records of the index; each hole record is matched to the payload field it fills,
     whose tag and content length the skeleton holds at the place the record gives.
@@ -653,13 +638,13 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
         place = raw[pos]
         pos += 1
         if place >= 0x80:
-            place, pos = _varint_rest(raw, pos, place)
+            place, pos = read_varint(raw, pos - 1, len(raw), "the tensor index")
         raw_len = -1
         if tag & EXPLICIT_LEN:
             raw_len = raw[pos]
             pos += 1
             if raw_len >= 0x80:
-                raw_len, pos = _varint_rest(raw, pos, raw_len)
+                raw_len, pos = read_varint(raw, pos - 1, len(raw), "the tensor index")
             if raw_len > max_tensor:
                 raise CorruptPackError(f"tensor index: record {k} declares a {raw_len}-byte tensor")
         rec = _Record(kind, store, codec)
@@ -700,7 +685,7 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
             ref = raw[pos]
             pos += 1
             if ref >= 0x80:
-                ref, pos = _varint_rest(raw, pos, ref)
+                ref, pos = read_varint(raw, pos - 1, len(raw), "the tensor index")
             if ref >= count:
                 raise CorruptPackError(f"tensor index: record {k} refers to record {ref} of {count}")
             rec.ref = ref

@@ -29,12 +29,12 @@ SCHEMA: dict[int, dict[int, int]] = {
 }
 
 
-def read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int, end: int, what: str = "the model skeleton") -> tuple[int, int]:
     """The varint at ``pos`` and the position after it (CorruptPackError if it runs past ``end``)."""
     value = shift = 0
     while True:
         if pos >= end or shift > 63:
-            raise CorruptPackError("malformed varint in the model skeleton")
+            raise CorruptPackError(f"malformed varint in {what}")
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
