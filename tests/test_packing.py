@@ -239,6 +239,16 @@ def test_wire_walk_finds_the_tensors_in_walk_order():
     assert [wire[a:b] for a, b in spans] == [t.SerializeToString() for t in tensors]
 
 
+def test_fields_protobuf_does_not_know_survive():
+    """Fields of a newer ONNX (unknown to this protobuf schema) in the model and in a tensor come back."""
+    model = mlp_model()
+    model.graph.initializer[0].ParseFromString(model.graph.initializer[0].SerializeToString() + b"\xf8\x06\x05")
+    model.ParseFromString(model.SerializeToString() + b"\xf8\x06\x07")  # field 111, varint
+    before = model.SerializeToString()
+    assert before.endswith(b"\xf8\x06\x07")
+    assert unpack_model(pack_model(model).data).SerializeToString() == before
+
+
 def test_holes_fields_and_inline_payloads_roundtrip(monkeypatch):
     """Every way a payload comes back: spliced into the skeleton's bytes (hole records), set on the
     parsed model (field records: large tensors, and all past the hole budget), or never moved (inline)."""

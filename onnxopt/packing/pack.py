@@ -216,10 +216,13 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
                 f"tensor {t.name!r} keeps its data in an external file; load the model with onnxopt.load() first",
                 advice="")
     as_fields = _field_tensors(model_tensors)
-    first_initializer = len(walk_node_tensors(model.graph, [])) if model.HasField("graph") else 0
-    skeleton, borrowed = _skeleton_of(model, as_fields, first_initializer)
+    if as_fields:  # a copy without the field tensors' payloads (fields protobuf does not know are lost)
+        first_initializer = len(walk_node_tensors(model.graph, [])) if model.HasField("graph") else 0
+        skeleton, borrowed = _skeleton_of(model, as_fields, first_initializer)
+        tensors = walk_tensors(skeleton)
+    else:  # the model itself is the skeleton (every byte of it, unknown fields included); never modified
+        skeleton, borrowed, tensors = model, {}, model_tensors
     del model_tensors
-    tensors = walk_tensors(skeleton)
     stream_parts: list[bytes] = []
     stream_bytes = 0
     if out is not None:
