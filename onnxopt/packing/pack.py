@@ -259,7 +259,7 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
                 continue
             p, tag_at, begin, end = found
             if end - begin <= options.inline_max_bytes:
-                inline[i] = (p, begin, end)
+                inline[i] = (Payload(p.kind, bytes(p.data), p.itemsize, p.store), begin, end)
             else:  # the field's tag is the (skip + 1)-th byte of its value after the last hole
                 skip = wire[hole_end:tag_at].tobytes().count(FIELD_TAG[p.kind])
                 taken[i], holes[i] = p, (skip, begin, end)
@@ -290,8 +290,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
             individual[i] = code_chunks(p.data, p.itemsize, options, t.dims, emit)
         elif i not in refs:
             individual[i] = choose(p.data, p.itemsize, options, shape=t.dims)
-        if len(p.data) > BUNDLE_MAX:
-            taken[i] = Payload(p.kind, b"", p.itemsize, p.store)
+        # (a copy of the small ones: a view would keep the whole serialized model alive)
+        taken[i] = Payload(p.kind, b"" if len(p.data) > BUNDLE_MAX else bytes(p.data), p.itemsize, p.store)
     del wire
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
@@ -358,21 +358,21 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     skel_codec, skel = _deflate_best(skeleton_raw, options.lzma_margin)
     structure_bytes = len(_deflate_best(bare, options.lzma_margin)[1]) if inline else len(skel)
     inline_bytes = sum(len(p.data) for p, _, _ in inline.values())
+    at = dict(zip(order, reports))  # the report lists every tensor in walk order
     for i, (p, _, _) in inline.items():
         t = tensors[i]
         planes = plane_histograms(np.frombuffer(p.data, dtype=np.uint8), p.itemsize)
-        reports.append(
-            TensorReport(
-                name=t.name,
-                dtype=dtype_name(t.data_type),
-                shape=list(t.dims),
-                raw_bytes=len(p.data),
-                packed_bytes=round((len(skel) - structure_bytes) * len(p.data) / max(inline_bytes, 1)),
-                entropy_bound_bytes=sum(entropy_bits(h) for h in planes) / 8,
-                byte_entropy_bound_bytes=entropy_bits(sum(planes)) / 8,
-                codec="inline",
-            )
+        at[i] = TensorReport(
+            name=t.name,
+            dtype=dtype_name(t.data_type),
+            shape=list(t.dims),
+            raw_bytes=len(p.data),
+            packed_bytes=round((len(skel) - structure_bytes) * len(p.data) / max(inline_bytes, 1)),
+            entropy_bound_bytes=sum(entropy_bits(h) for h in planes) / 8,
+            byte_entropy_bound_bytes=entropy_bits(sum(planes)) / 8,
+            codec="inline",
         )
+    reports = [at[i] for i in sorted(at)]
     index_codec, index_packed = _deflate_best(bytes(index), options.lzma_margin)
     rans_words = interleave_words(rans_streams, np.uint16).astype("<u2").tobytes()
     huff_words = interleave_words(huff_streams, np.uint32).astype("<u4").tobytes()
