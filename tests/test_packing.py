@@ -1193,6 +1193,29 @@ def test_hostile_skeleton_field_length_fails_before_allocating():
         unpack_model(_rebuild(data, index=bytes(raw)))
 
 
+def test_hostile_field_records_and_unparsable_skeletons(monkeypatch):
+    """A field record naming a tensor the model does not have, and a skeleton whose spliced bytes are
+    not a ModelProto (checksums made valid), are refused with a clear error."""
+    import onnxopt.packing.pack as pack_module
+
+    model = mlp_model()
+    monkeypatch.setattr(pack_module, "FIELD_MIN_BYTES", 1000)
+    data = pack_model(model).data
+    index = _records(data)
+    field = next(r for r in index if r["place"] & 1)
+    raw = bytearray(_index_raw(data))
+    varint = bytearray()
+    onnxopt.packing.format.write_uvarint(varint, 2 * 99 + 1)
+    at = field["tag_at"] + 1  # (a float raw_data record: no storage byte)
+    raw[at : field["len_at"]] = varint
+    with pytest.raises(BadModelError, match="no tensor with an empty data field at walk position 99"):
+        unpack_model(_rebuild(data, index=bytes(raw)))
+    skeleton = bytearray(_skeleton_raw(data))
+    skeleton[0] = 0xFF  # a field key with wire type 7, which protobuf does not have
+    with pytest.raises(BadModelError, match="not a ModelProto"):
+        unpack_model(_rebuild(data, skeleton_raw=bytes(skeleton)))
+
+
 def test_every_codec_id_in_every_record(small_pack):
     """Swapping any record's codec id for any other gives a clear error (or, never, a wrong model)."""
     model, data = small_pack
