@@ -237,12 +237,11 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         else:
             stream_parts.append(part)
 
-    # field tensors leave the skeleton before it is serialized; the others are cut out of its bytes
-    taken: dict[int, Payload] = {}
-    for i in sorted(as_fields):
-        source = borrowed.get(i)
-        p = take_payload(tensors[i]) if source is None else Payload(
-            Kind.RAW_DATA, source.raw_data, raw_itemsize(source.data_type))
+    # field tensors leave the skeleton before it is serialized (borrowed ones were never in it: their
+    # bytes are read one at a time below); the others are cut out of its bytes
+    taken: dict[int, Payload | None] = dict.fromkeys(borrowed)
+    for i in sorted(as_fields - borrowed.keys()):
+        p = take_payload(tensors[i])
         if p is not None:
             taken[i] = p
     wire = memoryview(skeleton.SerializeToString())
@@ -279,6 +278,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     individual: dict[int, Coded] = {}
     for i in order:
         t, p = tensors[i], taken[i]
+        if p is None:  # a large raw initializer, read from the model: held only while it is coded
+            p = Payload(Kind.RAW_DATA, borrowed[i].raw_data, raw_itemsize(t.data_type))
         raw_len[i], raw_crc[i] = len(p.data), zlib.crc32(p.data)
         if len(p.data) > 16:
             key = hashlib.blake2b(p.data, digest_size=20, person=bytes([p.kind, p.store])).digest()
