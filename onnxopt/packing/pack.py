@@ -244,7 +244,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         p = take_payload(tensors[i])
         if p is not None:
             taken[i] = p
-    wire = memoryview(skeleton.SerializeToString())
+    serialized = skeleton.SerializeToString()
+    wire = memoryview(serialized)
     spans = tensor_spans(wire)
     if len(spans) != len(tensors):
         raise RuntimeError(f"internal error: {len(spans)} tensors in the serialized model, {len(tensors)} walked")
@@ -260,7 +261,7 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
             if end - begin <= options.inline_max_bytes:
                 inline[i] = (Payload(p.kind, bytes(p.data), p.itemsize, p.store), begin, end)
             else:  # the field's tag is the (skip + 1)-th byte of its value after the last hole
-                skip = wire[hole_end:tag_at].tobytes().count(FIELD_TAG[p.kind])
+                skip = serialized.count(FIELD_TAG[p.kind], hole_end, tag_at)
                 taken[i], holes[i] = p, (skip, begin, end)
                 hole_end = end
     del spans
@@ -293,7 +294,7 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
             individual[i] = choose(p.data, p.itemsize, options, shape=t.dims)
         # (a copy of the small ones: a view would keep the whole serialized model alive)
         taken[i] = Payload(p.kind, b"" if len(p.data) > BUNDLE_MAX else bytes(p.data), p.itemsize, p.store)
-    del wire
+    del wire, serialized
     # byte-plane histograms for the report's bounds (a duplicate has its original's)
     hists = {i: individual[refs.get(i, i)].hists or [] for i in taken}
     sizes = {  # (chunked tensors are in the stream section already: never bundled)
