@@ -217,7 +217,7 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
                 advice="")
     as_fields = _field_tensors(model_tensors)
     if as_fields:  # a copy without the field tensors' payloads (fields protobuf does not know are lost)
-        first_initializer = len(walk_node_tensors(model.graph, [])) if model.HasField("graph") else 0
+        first_initializer = len(walk_node_tensors(model.graph.node, [])) if model.HasField("graph") else 0
         skeleton, borrowed = _skeleton_of(model, as_fields, first_initializer)
         tensors = walk_tensors(skeleton)
     else:  # the model itself is the skeleton (every byte of it, unknown fields included); never modified

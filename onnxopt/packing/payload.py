@@ -20,6 +20,7 @@ and anything else stay in the skeleton.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,17 +99,17 @@ def dtype_name(data_type: int) -> str:
 # --------------------------------------------------------------------------- walking
 
 
-def walk_node_tensors(graph: onnx.GraphProto, out: list[TensorProto]) -> list[TensorProto]:
-    """Append the tensors of ``graph``'s nodes (their attributes, subgraphs included) to ``out``: what
-    :func:`walk_tensors` visits in a graph before its initializers."""
-    for node in graph.node:
+def walk_node_tensors(nodes: Iterable[onnx.NodeProto], out: list[TensorProto]) -> list[TensorProto]:
+    """Append the tensors of ``nodes`` (a graph's or a function's: their attributes, subgraphs included)
+    to ``out``; in a graph, what :func:`walk_tensors` visits before its initializers."""
+    for node in nodes:
         for attr in node.attribute:
             _walk_attr(attr, out)
     return out
 
 
 def _walk_graph(graph: onnx.GraphProto, out: list[TensorProto]) -> None:
-    walk_node_tensors(graph, out)
+    walk_node_tensors(graph.node, out)
     out.extend(graph.initializer)
     for sparse in graph.sparse_initializer:
         _walk_sparse(sparse, out)
@@ -148,9 +149,7 @@ def walk_tensors(model: onnx.ModelProto) -> list[TensorProto]:
         if info.HasField("algorithm"):
             _walk_graph(info.algorithm, out)
     for function in model.functions:
-        for node in function.node:
-            for attr in node.attribute:
-                _walk_attr(attr, out)
+        walk_node_tensors(function.node, out)
         for attr in function.attribute_proto:
             _walk_attr(attr, out)
     return out
