@@ -158,23 +158,6 @@ def float_macs(nodes: set[str], macs: dict[str, float]) -> float:
     return float(sum(macs.get(n, 0.0) for n in nodes))
 
 
-def prefer_prefix(t_mp: float, t_prefix: float, macs_mp: float, macs_prefix: float,
-                  margin: float = SPEED_MARGIN) -> bool:
-    """Does the float-prefix selection replace the per-layer mixed-precision one (both meet the budget)?
-
-    When it is faster by more than ``margin``; when the other is, not; a tie within the margin goes
-    to the selection that keeps fewer MACs float. 15 interleaved rounds on a shared machine do not
-    tell 1% apart: MiniLM's per-layer selection (one embedding table float: no compute) and its
-    5-Gemm float prefix timed 1.45 vs 1.44 ms once, and the prefix won by that noise (0.40x instead
-    of 0.34x in the same run's speed guard).
-    """
-    if t_prefix < t_mp * (1.0 - margin):
-        return True
-    if t_mp < t_prefix * (1.0 - margin):
-        return False
-    return macs_prefix < macs_mp
-
-
 def timing_rounds(fp32_seconds: float | None, models: int) -> int:
     """Interleaved rounds for timing ``models`` models of about ``fp32_seconds`` each (see
     TIMING_TARGET_S): small models get more rounds, large ones MIN_TIMING_ROUNDS."""
@@ -186,8 +169,12 @@ def timing_rounds(fp32_seconds: float | None, models: int) -> int:
 
 def fastest_selection(seconds: Sequence[float], macs: Sequence[float], margin: float = SPEED_MARGIN) -> int:
     """Index of the selection to keep among several that meet the budget: the fastest, except that
-    selections within ``margin`` of it are a tie, which goes to the one keeping fewer MACs float
-    (as :func:`prefer_prefix` does for two)."""
+    selections within ``margin`` of it are a tie, which goes to the one keeping fewer MACs float.
+
+    A shared machine does not tell 1% apart: MiniLM's per-layer selection (one embedding table float:
+    no compute) and its 5-Gemm float prefix timed 1.45 vs 1.44 ms once, and the prefix won by that
+    noise (0.40x instead of 0.34x in the same run's speed guard).
+    """
     best = int(np.argmin(seconds))
     ties = [i for i, t in enumerate(seconds) if t * (1.0 - margin) <= seconds[best]]
     return min(ties, key=lambda i: (macs[i], seconds[i]))

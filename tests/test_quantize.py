@@ -842,12 +842,12 @@ def test_matmul_bias_to_gemm_shares_shape_nodes():
 
 
 def test_prefix_tie_goes_to_fewer_float_macs():
-    from onnxopt.passes.quantize_int8 import float_macs, prefer_prefix
+    from onnxopt.passes.quantize_int8 import fastest_selection, float_macs
 
-    # (mixed-precision seconds, prefix seconds, their float MACs): faster by more than 3% wins ...
-    assert prefer_prefix(1.0, 0.9, 10.0, 1e6) and not prefer_prefix(0.9, 1.0, 1e6, 10.0)
+    # [mixed-precision, prefix] seconds and float MACs (1 = the prefix): faster by more than 3% wins ...
+    assert fastest_selection([1.0, 0.9], [10.0, 1e6]) == 1 and fastest_selection([0.9, 1.0], [1e6, 10.0]) == 0
     # ... a tie within 3% (what 15 rounds on a shared machine give) keeps less compute float
-    assert not prefer_prefix(1.0, 0.995, 10.0, 1e6) and prefer_prefix(0.995, 1.0, 1e6, 10.0)
+    assert fastest_selection([1.0, 0.995], [10.0, 1e6]) == 0 and fastest_selection([0.995, 1.0], [1e6, 10.0]) == 1
     assert float_macs({"a", "table"}, {"a": 5.0, "b": 7.0}) == 5.0
 
 
