@@ -6,7 +6,6 @@ import itertools
 import json
 import lzma
 import os
-import struct
 import zlib
 
 import numpy as np
@@ -34,14 +33,14 @@ from onnxopt.packing import groups as group_ids
 from onnxopt.packing.codecs import Codec, Coded, choose, code_groups, decode_alone
 from onnxopt.packing.entropy import counts, entropy_bits, plane_bound_bytes
 from onnxopt.packing.format import (
-    HEADER,
-    HEADER_CRC,
     LIMITS,
     MAGIC,
+    PREFIX,
     PREFIX_SIZE,
     SKELETON_BROTLI,
     SKELETON_ZLIB,
     CorruptPackError,
+    Header,
     Reader,
     read_header,
 )
@@ -358,7 +357,7 @@ def test_large_tensors_are_coded_as_chunks_and_stay_exact(tmp_path):
     head = read_header(result.data)
     assert head.stream_bytes > 0
     assert unpack_model(result.data).SerializeToString() == model.SerializeToString()
-    # written as produced: the same bytes, the header patched last; loadable through onnxopt.load
+    # written as produced, front to back (the trailer last): the same bytes; loadable through onnxopt.load
     path = tmp_path / "m.onnxpack"
     written = onnxopt.packing.pack_file(model, path, options=CHUNKY)
     assert written.parts == [] and written.file_bytes == path.stat().st_size
@@ -967,10 +966,14 @@ def test_every_truncation_is_a_bad_model_error(small_pack):
             unpack_model(data[:cut], source="x.onnxpack")
 
 
-def test_trailing_bytes_are_rejected(small_pack):
+def test_appended_bytes_are_rejected(small_pack):
+    """The trailer is found from the file's end: anything appended hides it."""
     _, data = small_pack
-    with pytest.raises(BadModelError, match="trailing"):
+    with pytest.raises(BadModelError, match="damaged trailer"):
         unpack_model(data + b"\0")
+    for suffix in (b"\x10", data[-30:], bytes(range(40))):
+        with pytest.raises(BadModelError, match="^packed file: corrupt packed file"):
+            unpack_model(data + suffix)
 
 
 def test_random_byte_flips_never_give_a_wrong_model(small_pack):
@@ -991,41 +994,48 @@ def test_random_byte_flips_never_give_a_wrong_model(small_pack):
         assert restored.SerializeToString() == expected
 
 
-def _rebuild(
-    data: bytes, *, index: bytes | None = None, skeleton_raw: bytes | None = None, fields: dict | None = None
-) -> bytes:
-    """Re-emit a pack with a replaced index, skeleton and/or header fields, with valid checksums."""
+def _sections(data: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
+    """A pack's trailer, stream section, compressed skeleton and index, and the rest before the trailer."""
     head = read_header(data)
     stream = data[PREFIX_SIZE : PREFIX_SIZE + head.stream_bytes]
     pos = PREFIX_SIZE + head.stream_bytes
     skeleton = data[pos : pos + head.skeleton_packed]
     pos += head.skeleton_packed
-    old_index = data[pos : pos + head.index_packed]
-    rest = data[pos + head.index_packed :]
-    if skeleton_raw is not None:
+    index = data[pos : pos + head.index_packed]
+    rest = data[pos + head.index_packed : len(data) - head.trailer_bytes]
+    return head, stream, skeleton, index, rest
+
+
+def _rebuild(
+    data: bytes, *, index: bytes | None = None, skeleton_raw: bytes | None = None, fields: dict | None = None
+) -> bytes:
+    """Re-emit a pack with a replaced index, skeleton and/or trailer fields, with a valid checksum."""
+    head, stream, skeleton, old_index, rest = _sections(data)
+    if skeleton_raw is None:
+        skeleton_raw = _inflated(skeleton, head.section_codecs & 15)
+    else:
         skeleton = zlib.compress(skeleton_raw)
         head.skeleton_raw, head.skeleton_packed = len(skeleton_raw), len(skeleton)
-        head.skeleton_crc = zlib.crc32(skeleton_raw)
         head.section_codecs = (head.section_codecs & 0xF0) | SKELETON_ZLIB
-    if index is not None:
+    if index is None:
+        index = _inflated(old_index, head.section_codecs >> 4)
+    else:
         old_index = zlib.compress(index)
-        head.index_raw, head.index_packed, head.index_crc = len(index), len(old_index), zlib.crc32(index)
+        head.index_raw, head.index_packed = len(index), len(old_index)
         head.section_codecs = (head.section_codecs & 15) | SKELETON_ZLIB << 4
     for k, v in (fields or {}).items():
         setattr(head, k, v)
-    return head.pack() + stream + skeleton + old_index + rest
+    return PREFIX + stream + skeleton + old_index + rest + head.trailer(skeleton_raw, index)
 
 
 def _index_raw(data: bytes) -> bytes:
-    head = read_header(data)
-    start = PREFIX_SIZE + head.stream_bytes + head.skeleton_packed
-    return _inflated(data[start : start + head.index_packed], head.section_codecs >> 4)
+    head, _, _, index, _ = _sections(data)
+    return _inflated(index, head.section_codecs >> 4)
 
 
 def _skeleton_raw(data: bytes) -> bytes:
-    head = read_header(data)
-    start = PREFIX_SIZE + head.stream_bytes
-    return _inflated(data[start : start + head.skeleton_packed], head.section_codecs & 15)
+    head, _, skeleton, _, _ = _sections(data)
+    return _inflated(skeleton, head.section_codecs & 15)
 
 
 def _inflated(blob: bytes, codec: int) -> bytes:
@@ -1060,19 +1070,42 @@ def test_bad_magic_and_version(small_pack):
     future[len(MAGIC)] = 99
     with pytest.raises(BadModelError, match="format version 99"):
         unpack_model(bytes(future))
-    future[len(MAGIC)] = 3  # the previous layout (a parsed skeleton, records for every tensor)
-    with pytest.raises(BadModelError, match=r"format version 3 is not supported \(this onnxopt reads version 4\)"):
+    future[len(MAGIC)] = 4  # the previous layout (a fixed 92-byte header)
+    with pytest.raises(BadModelError, match=r"format version 4 is not supported \(this onnxopt reads version 5\)"):
         unpack_model(bytes(future))
     assert not is_packed(b"\x08\x07")
     assert is_packed(data)
 
 
-def test_header_checksum(small_pack):
+def test_trailer_checksum(small_pack):
     _, data = small_pack
+    head = read_header(data)
+    assert head.records < 128  # (one varint byte, after the one of the flags)
     buf = bytearray(data)
-    buf[len(MAGIC) + 2] ^= 1  # inside the record count
-    with pytest.raises(BadModelError, match="header checksum"):
+    buf[len(data) - head.trailer_bytes + 1] ^= 1  # the record count, one off
+    with pytest.raises(BadModelError, match="checksum mismatch in the trailer, the model skeleton or the tensor index"):
         unpack_model(bytes(buf))
+
+
+def test_damaged_trailer_length(small_pack):
+    _, data = small_pack
+    for length, message in ((0, "damaged trailer"), (255, "trailer"), (data[-1] - 1, "trailer")):
+        with pytest.raises(BadModelError, match=message):
+            unpack_model(data[:-1] + bytes([length]))
+    with pytest.raises(BadModelError, match="no trailer"):
+        unpack_model(PREFIX)
+
+
+def test_sections_must_end_at_the_trailer(small_pack):
+    model, data = small_pack
+    head, stream, skeleton, index, rest = _sections(data)
+    trailer = data[len(data) - head.trailer_bytes :]
+    with pytest.raises(BadModelError, match="1 unexpected trailing bytes"):
+        unpack_model(PREFIX + stream + skeleton + index + rest + b"\0" + trailer)
+    with pytest.raises(BadModelError, match="truncated"):
+        unpack_model(PREFIX + stream + skeleton + index + rest[:-1] + trailer)
+    assert unpack_model(PREFIX + stream + skeleton + index + rest + trailer).SerializeToString() == (
+        model.SerializeToString())
 
 
 @pytest.mark.parametrize(
@@ -1081,8 +1114,9 @@ def test_header_checksum(small_pack):
         ({"records": 10**9}, "tensor records"),
         ({"skeleton_raw": 2**40}, "skeleton"),
         ({"index_raw": 2**40}, "tensor index"),
-        ({"payload_bytes": 2**60}, "truncated"),
-        ({"rans_words": 2**61}, "truncated"),
+        ({"skeleton_packed": 2**60}, "truncated"),
+        ({"index_packed": 2**40}, "truncated"),
+        ({"stream_bytes": 2**61}, "truncated"),
         ({"flags": 4}, "flags"),
         ({"section_codecs": 9}, "skeleton/index codec"),
         ({"section_codecs": 0x91}, "skeleton/index codec"),
@@ -1240,9 +1274,34 @@ def test_bad_model_error_has_exit_code_2(small_pack):
     assert str(info.value).startswith("a.onnxpack: ")
 
 
-def test_header_layout_is_stable():
-    assert HEADER.size + HEADER_CRC.size + len(MAGIC) + 1 == PREFIX_SIZE
-    assert struct.calcsize("<BIBQQIQQIQQQQ") == HEADER.size
+def test_container_layout(small_pack):
+    """Magic and version first, the varint trailer last: a small model's fixed cost is under 32 bytes."""
+    _, data = small_pack
+    assert MAGIC + bytes([5]) == PREFIX and data.startswith(PREFIX)
+    head = read_header(data)
+    assert data[-1] == head.trailer_bytes - 1
+    assert head.trailer_bytes == len(head.field_bytes()) + 4 + 1
+    assert PREFIX_SIZE + head.trailer_bytes < 32
+    assert PREFIX_SIZE + head.stream_bytes + head.skeleton_packed + head.index_packed < len(data)
+
+
+def test_pack_writes_front_to_back():
+    """Packing into a stream never seeks or tells: a pipe would do."""
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+
+        def write(self, b) -> int:
+            self.chunks.append(bytes(b))
+            return len(b)
+
+    model = _chunky_model()
+    pipe = Pipe()
+    result = pack_model(model, options=CHUNKY, out=pipe)
+    data = b"".join(pipe.chunks)
+    assert len(data) == result.file_bytes and read_header(data).stream_bytes > 0
+    assert unpack_model(data).SerializeToString() == model.SerializeToString()
 
 
 # --------------------------------------------------------------------------- onnxruntime sessions

@@ -68,6 +68,7 @@ from onnxopt.packing.codecs import (
 from onnxopt.packing.entropy import entropy_bits, plane_histograms
 from onnxopt.packing.format import (
     LIMITS,
+    PREFIX,
     PREFIX_SIZE,
     SKELETON_BROTLI,
     SKELETON_LZMA,
@@ -127,6 +128,7 @@ class PackResult:
     parts: list[bytes]
     tensors: list[TensorReport] = field(default_factory=list)
     skeleton_bytes: int = 0  # compressed skeleton: the model structure and the inline (tiny) tensors
+    container_bytes: int = 0  # magic, version and trailer
     structure_bytes: int = 0  # what the skeleton would be without the inline tensors (the structure alone)
     index_bytes: int = 0  # compressed tensor records
     file_bytes: int = 0
@@ -158,14 +160,15 @@ class PackResult:
 
     @property
     def tensor_bytes_in_file(self) -> int:
-        """What the file spends on tensors: everything but the fixed header and the model structure
-        (the skeleton's compressed size without the tiny tensors it holds inline)."""
-        return self.file_bytes - PREFIX_SIZE - self.structure_bytes
+        """What the file spends on tensors: everything but the container (magic, version, trailer) and
+        the model structure (the skeleton's compressed size without the tiny tensors it holds inline)."""
+        return self.file_bytes - self.container_bytes - self.structure_bytes
 
     def to_dict(self) -> dict:
         return {
             "file_bytes": self.file_bytes,
             "skeleton_bytes": self.skeleton_bytes,
+            "container_bytes": self.container_bytes,
             "structure_bytes": self.structure_bytes,
             "index_bytes": self.index_bytes,
             "raw_bytes": self.raw_bytes,
@@ -226,8 +229,7 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     stream_parts: list[bytes] = []
     stream_bytes = 0
     if out is not None:
-        file_start = out.tell()
-        out.write(bytes(PREFIX_SIZE))  # the header's place; written once the sections are known
+        out.write(PREFIX)  # (the trailer, written last, says the rest)
 
     def emit(part: bytes) -> None:
         nonlocal stream_bytes
@@ -383,31 +385,24 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
         section_codecs=skel_codec | index_codec << 4,
         skeleton_raw=len(skeleton_raw),
         skeleton_packed=len(skel),
-        skeleton_crc=zlib.crc32(skeleton_raw),
         index_raw=len(index),
         index_packed=len(index_packed),
-        index_crc=zlib.crc32(index),
-        payload_bytes=sum(len(p) for p in payloads),
-        rans_words=len(rans_words) // 2,
-        huffman_words=len(huff_words) // 4,
         stream_bytes=stream_bytes,
     )
-    tail = [skel, index_packed, *payloads, rans_words, huff_words]  # written in turn, never joined
+    trailer = header.trailer(skeleton_raw, bytes(index))
+    tail = [skel, index_packed, *payloads, rans_words, huff_words, trailer]  # written in turn, never joined
     file_bytes = PREFIX_SIZE + stream_bytes + sum(len(p) for p in tail)
     if out is not None:
         for part in tail:
             out.write(part)
-        end = out.tell()
-        out.seek(file_start)
-        out.write(header.pack())
-        out.seek(end)
         parts = []
     else:
-        parts = [header.pack(), *stream_parts, *tail]
+        parts = [PREFIX, *stream_parts, *tail]
+    lockstep = len(rans_words) + len(huff_words)
     result = PackResult(parts=parts, tensors=reports, skeleton_bytes=len(skel), structure_bytes=structure_bytes,
-                        index_bytes=len(index_packed),
-                        file_bytes=file_bytes, lockstep_words=header.rans_words + header.huffman_words,
-                        lockstep_bytes=header.words_bytes)
+                        index_bytes=len(index_packed), container_bytes=PREFIX_SIZE + len(trailer),
+                        file_bytes=file_bytes, lockstep_words=len(rans_words) // 2 + len(huff_words) // 4,
+                        lockstep_bytes=lockstep)
     log.info(
         "packed %d tensors: %d -> %d bytes (order-0 bound %.0f), file %d bytes",
         len(reports),
@@ -741,16 +736,12 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
 def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     head = read_header(data, limits)
     stream = Reader(data, "stream section", pos=PREFIX_SIZE, end=PREFIX_SIZE + head.stream_bytes)
-    r = Reader(data, "packed file", pos=PREFIX_SIZE + head.stream_bytes)
+    r = Reader(data, "packed file", pos=PREFIX_SIZE + head.stream_bytes, end=len(data) - head.trailer_bytes)
     skeleton = _inflate(head.section_codecs & 15, r.take(head.skeleton_packed), head.skeleton_raw, "model skeleton")
-    if zlib.crc32(skeleton) != head.skeleton_crc:
-        raise CorruptPackError("model skeleton checksum mismatch")
     index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
-    if zlib.crc32(index_raw) != head.index_crc:
-        raise CorruptPackError("tensor index checksum mismatch")
+    if head.metadata_crc(skeleton, index_raw) != head.crc:
+        raise CorruptPackError("checksum mismatch in the trailer, the model skeleton or the tensor index")
     records = _read_index(index_raw, head.records, skeleton, limits)
-    if sum(rec.packed_len for rec in records if rec.codec != Codec.CHUNKS) != head.payload_bytes:
-        raise CorruptPackError("tensor records do not add up to the payload section")
     if sum(rec.packed_len for rec in records if rec.codec == Codec.CHUNKS) != head.stream_bytes:
         raise CorruptPackError("tensor records do not add up to the stream section")
     total = sum(rec.raw_len for rec in records)
@@ -792,12 +783,8 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
         raise CorruptPackError(f"needs a {extent}-byte buffer (limit {limits.max_total_bytes})")
     rans_streams = [s for p in parsed.values() for s in p.rans]
     huff_streams = [s for p in parsed.values() for s in p.huffman]
-    if sum(s.nwords for s in rans_streams) != head.rans_words:
-        raise CorruptPackError("rANS streams do not add up to the rANS word section")
-    if sum(s.nwords for s in huff_streams) != head.huffman_words:
-        raise CorruptPackError("Huffman streams do not add up to the Huffman word section")
-    rans_words = np.frombuffer(r.take(2 * head.rans_words), dtype="<u2")
-    huff_words = np.frombuffer(r.take(4 * head.huffman_words), dtype="<u4")
+    rans_words = np.frombuffer(r.take(2 * sum(s.nwords for s in rans_streams)), dtype="<u2")
+    huff_words = np.frombuffer(r.take(4 * sum(s.nwords for s in huff_streams)), dtype="<u4")
     r.done()
     stream.done()
     out = np.zeros(max(extent, out_extent(rans_streams + huff_streams)), dtype=np.uint8)
