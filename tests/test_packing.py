@@ -1227,6 +1227,27 @@ def test_hostile_skeleton_field_length_fails_before_allocating():
         unpack_model(_rebuild(data, index=bytes(raw)))
 
 
+def test_hostile_bundle_slices():
+    """A slice naming a bundle not yet read, and slices adding up past the tensor size limit, are refused
+    on both index paths: the short one for plain slices and the general one (here: an explicit length)."""
+    rng = np.random.default_rng(4)
+    model = _model([numpy_helper.from_array(rng.standard_normal(20).astype(np.float32), f"t{k}") for k in range(5)])
+    data = pack_model(model, codecs=["raw"]).data
+    records = _records(data)
+    assert [r["codec"] for r in records] == [Codec.BUNDLE] + [Codec.SLICE] * 4
+    raw = bytearray(_index_raw(data))
+    raw[records[2]["after_len"]] = 1  # bundle 1: there is only bundle 0
+    with pytest.raises(BadModelError, match="slice of bundle 1 before that bundle"):
+        unpack_model(_rebuild(data, index=bytes(raw)))
+    assert unpack_model(_with_raw_len(data, 2, 80)).SerializeToString() == model.SerializeToString()
+    explicit = bytearray(_index_raw(_with_raw_len(data, 2, 80)))
+    explicit[_records(_with_raw_len(data, 2, 80))[2]["after_len"]] = 1
+    with pytest.raises(BadModelError, match="slice of bundle 1 before that bundle"):
+        unpack_model(_rebuild(data, index=bytes(explicit)))
+    with pytest.raises(BadModelError, match="a bundle exceeds the tensor size limit"):
+        unpack_model(data, limits=Limits(max_tensor_bytes=300))
+
+
 def test_hostile_field_records_and_unparsable_skeletons(monkeypatch):
     """A field record naming a tensor the model does not have, and a skeleton whose spliced bytes are
     not a ModelProto (checksums made valid), are refused with a clear error."""

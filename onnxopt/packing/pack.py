@@ -525,6 +525,9 @@ EXPLICIT_LEN = 0x80
 INT_KINDS = (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA)
 _REF, _SLICE = int(Codec.REF), int(Codec.SLICE)  # (plain ints: compared once per record)
 _KIND_OF_TAG = tuple(Kind(k) if k in Kind._value2member_map_ else None for k in range(8))  # (Kind(k) is slow)
+#: the tags of bundle slices of byte kinds (no explicit length): nearly every record of a model with many
+#: small tensors; by tag, the kind and the wire tag of the field it fills
+_SLICE_TAGS = {kind | _SLICE << 3: (kind, FIELD_TAG[kind]) for kind in BYTE_KINDS}
 
 
 def _write_record(
@@ -561,11 +564,13 @@ class _Record:
     hole_len = 0  # and the length of the field content it becomes there
     tensor = -1  # field records: the tensor's walk position
 
+    store = 0
+    raw_len = 0
+
     def __init__(self, kind: Kind, store: int, codec: int) -> None:
         self.kind = kind
         self.store = store
         self.codec = codec
-        self.raw_len = 0
 
 
 def _inflate(codec: int, packed: memoryview, raw_len: int, what: str) -> bytes:
@@ -606,34 +611,56 @@ def _read_index(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list
     (Varints are read inline, one-byte ones without a call: this loop runs once per tensor.)
     """
     try:
-        records = _index_records(raw, count, skeleton, limits)
+        return _index_records(raw, count, skeleton, limits)
     except IndexError:
         raise CorruptPackError("tensor index: truncated") from None
-    heads = [rec for rec in records if rec.codec == Codec.BUNDLE]
-    for rec in heads:
-        rec.bundle_len = rec.raw_len
-    seen = 0
-    for rec in records:
-        if rec.codec == Codec.BUNDLE:
-            seen += 1
-        elif rec.codec == Codec.SLICE:
-            number = rec.ref
-            if number >= seen:
-                raise CorruptPackError(f"tensor index: slice of bundle {number} before that bundle")
-            heads[number].bundle_len += rec.raw_len
-            if heads[number].bundle_len > limits.max_tensor_bytes:
-                raise CorruptPackError("tensor index: a bundle exceeds the tensor size limit")
-    return records
+
+
+def _add_slice(heads: list[_Record], number: int, size: int, max_tensor: int) -> None:
+    """Count a slice of ``size`` bytes into the bundle it belongs to (BUNDLE records come first)."""
+    if number >= len(heads):
+        raise CorruptPackError(f"tensor index: slice of bundle {number} before that bundle")
+    head = heads[number]
+    head.bundle_len += size
+    if head.bundle_len > max_tensor:
+        raise CorruptPackError("tensor index: a bundle exceeds the tensor size limit")
 
 
 def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list[_Record]:
     records = []
+    heads: list[_Record] = []  # the BUNDLE records, by bundle number
     pos = cursor = 0
     end = len(skeleton)
     max_tensor = limits.max_tensor_bytes
     unskipped: dict[int, int] = {}  # per tag byte: its occurrences in the skeleton not yet skipped
+    new = object.__new__
     for k in range(count):
         tag = raw[pos]
+        if tag in _SLICE_TAGS and raw[pos + 1] == 0 and raw[pos + 2] < 0x80:
+            # the common record, the general path below cut short: a slice of bundle raw[pos + 2] in the
+            # next field with this tag (skip 0); its length is the field's
+            kind, tag_byte = _SLICE_TAGS[tag]
+            at = skeleton.find(tag_byte, cursor)
+            if at < 0:
+                raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
+            hole_len = skeleton[at + 1] if at + 1 < end else 0x80
+            if hole_len < 0x80:
+                cursor = at + 2
+            elif at + 2 < end and skeleton[at + 2] < 0x80:  # (two varint bytes: up to 16 KB)
+                hole_len = (hole_len & 0x7F) | skeleton[at + 2] << 7
+                cursor = at + 3
+            else:
+                hole_len, cursor = read_varint(skeleton, at + 1, end)
+                if hole_len > max_tensor:
+                    raise CorruptPackError(f"tensor index: record {k} declares a {hole_len}-byte tensor")
+            number = raw[pos + 2]
+            _add_slice(heads, number, hole_len, max_tensor)
+            rec = new(_Record)
+            rec.kind, rec.codec, rec.ref = kind, _SLICE, number
+            rec.hole, rec.hole_len, rec.raw_len = cursor, hole_len, hole_len
+            records.append(rec)
+            pos += 3
+            continue
         kind = _KIND_OF_TAG[tag & 7]
         if kind is None or kind is Kind.NONE:
             raise CorruptPackError(f"tensor index: unknown payload kind in record {k}")
@@ -700,12 +727,17 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
             if ref >= count:
                 raise CorruptPackError(f"tensor index: record {k} refers to record {ref} of {count}")
             rec.ref = ref
+            if codec == _SLICE:
+                _add_slice(heads, ref, raw_len, max_tensor)
         else:
             r = Reader(raw, "tensor index", pos=pos)
             rec.meta = r.take(r.uvarint(r.remaining, "metadata size"))
             rec.packed_len = raw_len if codec == Codec.RAW else r.uvarint()
             rec.crc = r.u32()
             pos = r.pos
+            if codec == Codec.BUNDLE:
+                rec.bundle_len = raw_len
+                heads.append(rec)
         records.append(rec)
     if pos != len(raw):
         raise CorruptPackError(f"tensor index: {len(raw) - pos} unexpected trailing bytes")
