@@ -5,9 +5,9 @@
 For every ``*.onnx`` in DIR (and an int8 version of it, see below) it reports:
 
 * sizes over the same concatenated weight bytes: onnxopt's bytes for the tensors (the .onnxpack minus
-  its compressed model skeleton and fixed header: coded data plus the index with coder tables, lane
-  states, lengths and a CRC32 per tensor, per bundle of small tensors and per chunk of a large
-  tensor), zlib-9, zstd-19, xz-9
+  its container (magic, version, trailer) and the compressed model structure: coded data plus the
+  index with coder tables, lane states, lengths and a CRC32 per tensor, per bundle of small tensors and
+  per chunk of a large tensor, and what the tiny tensors kept in the skeleton add), zlib-9, zstd-19, xz-9
   (lzma preset 9), brotli-11, byte-grouped zstd-19 (ZipNN-style: planes of equal-itemsize tensors,
   each plane compressed separately), and the order-0 entropy bounds (byte planes per tensor, the
   symbols onnxopt's coders see; and plain bytes);

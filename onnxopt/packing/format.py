@@ -16,10 +16,10 @@ Layout (all integers little-endian)::
                then of the raw index | u8 the trailer's length without this byte; the file ends here
 
 The trailer is written last, so a file is written front to back with no seeking, and its varints
-make the fixed cost of a packed file 24-30 bytes (format 4's fixed header was 92: more than the
-margin by which a 6 KB model's pack beat brotli-11 over the whole file). The sizes of the payload
-and word sections are not stored: the records give them, and together they must end exactly at
-the trailer.
+make the fixed cost of a packed file 25-33 bytes on the real models (format 4's fixed header was 92,
+more than the margin by which a 6 KB model's pack beat brotli-11 over the whole file). The sizes of
+the payload and word sections are not stored: the records give them, and together they must end
+exactly at the trailer.
 
 Every count and length read from a file is checked against the bytes that are actually there and
 against :data:`LIMITS` before anything is allocated; any violation raises :class:`CorruptPackError`,
