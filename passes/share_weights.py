@@ -379,7 +379,15 @@ class ShareWeights(Pass):
         return [(m, o) for m in ("kmeans", "uniform") for o in offsets]
 
     def _choose(self, variants: dict[str, dict[str, Encoding]], context: PassContext, stats: dict) -> str:
-        """The variant whose outputs stay closest (worst output SQNR, then cosine) to the model's."""
+        """The variant whose outputs stay closest to the model's: highest SQNR of the worst output, each
+        output's SQNR pooled over the feeds (sum of squared reference over sum of squared error), then cosine.
+
+        Measured against alternatives (worst single sample, SQNR pooled over outputs too, mean or median of
+        per-sample dB, this rule with a 0.5-2 dB margin toward a fixed order): 8 selection samples drawn
+        300 times from pools of 40-200 real samples per model, scored on the rest of the pool, 25 model x
+        bits cases. This rule lost 0.39 dB on average to the best variant in hindsight (worst case 1.2 dB);
+        none of the others did clearly better (best 0.35, within noise), worst-sample and median did worse
+        (0.73, 0.83). With 16 selection samples it loses 0.24 dB."""
         labels = list(variants)
         feeds = list(context.validation_feeds)[:SEARCH_SAMPLES]
         if len(labels) == 1 or not feeds or context.model is None or weight_bytes(context.model) > SEARCH_BYTES:
