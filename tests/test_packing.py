@@ -1071,6 +1071,19 @@ def test_payloads_decoded_on_threads_give_the_same_model_and_errors(monkeypatch)
     assert outcomes[0] == outcomes[1] and "tensor '" in outcomes[0], outcomes
 
 
+def test_unpack_threads_setting(monkeypatch, caplog):
+    from onnxopt.packing.pack import _unpack_threads
+
+    monkeypatch.setenv("ONNXOPT_UNPACK_THREADS", "3")
+    assert _unpack_threads() == 3
+    default = min(4, os.cpu_count() or 1)
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("ONNXOPT_UNPACK_THREADS", bad)
+        with caplog.at_level("WARNING"):
+            assert _unpack_threads() == default
+        assert "not a positive number of threads" in caplog.text
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_unpack_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
     """The decoder threads are per process: a child forked after the parent unpacked must not wait on

@@ -38,7 +38,7 @@ import numpy as np
 MAGIC = b"ONNXOPTPK"
 FORMAT_VERSION = 5  # 2: index records without data type and shape (the skeleton's); 3: stream section;
 #                     4: the skeleton is the serialized model with its payloads cut out (wire.py);
-#                     5: a varint trailer instead of a fixed 82-byte header (tiny models: 6.3 KB files)
+#                     5: a varint trailer instead of a fixed header (92 bytes with the magic)
 
 PREFIX = MAGIC + bytes([FORMAT_VERSION])  # the magic and the version; everything else the trailer says
 PREFIX_SIZE = len(PREFIX)

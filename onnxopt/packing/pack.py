@@ -887,8 +887,20 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
 #: payloads are parsed (LZ codecs inflate then) on a thread pool when they hold at least this many
 #: bytes together; zlib, LZMA and brotli release the GIL while they decode
 PARALLEL_MIN_BYTES = 1 << 17
-#: threads for that: ONNXOPT_UNPACK_THREADS, else up to 4 of the machine's CPUs (1: no pool)
-UNPACK_THREADS = int(os.environ.get("ONNXOPT_UNPACK_THREADS", 0)) or min(4, os.cpu_count() or 1)
+
+
+def _unpack_threads() -> int:
+    """ONNXOPT_UNPACK_THREADS (a positive count; 1: no pool), else up to 4 of the machine's CPUs."""
+    value = os.environ.get("ONNXOPT_UNPACK_THREADS", "")
+    if value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    if value:
+        log.warning("ONNXOPT_UNPACK_THREADS=%r is not a positive number of threads; using the default", value)
+    return min(4, os.cpu_count() or 1)
+
+
+#: threads for that (see _unpack_threads)
+UNPACK_THREADS = _unpack_threads()
 
 
 @functools.cache
