@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxopt.model import load
 from onnxopt.packing import pack_model, unpack_model
-from onnxopt.packing.pack import UNPACK_THREADS
 from onnxopt.packing.payload import walk_tensors
 from onnxopt.packing.planes import split_planes
 
@@ -319,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             q = int8_version(model)
             int8.append(measure(name, q, q.SerializeToString(), args.repeat, cache, args.pack_repeat))
     cmd = "python bench/bench_pack.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = ["## Packed files: onnxopt vs general-purpose compressors", "", f"Reproduce: `{cmd}`", "",
-             f"Unpack decodes payloads on up to {UNPACK_THREADS} threads (ONNXOPT_UNPACK_THREADS; zlib.decompress "
-             "runs on one).", ""]
+    lines = ["## Packed files: onnxopt vs general-purpose compressors", "", f"Reproduce: `{cmd}`", ""]
     lines += report("Original models (as shipped)", fp32)
     if int8:
         lines += [

@@ -1046,63 +1046,6 @@ def _inflated(blob: bytes, codec: int) -> bytes:
     return zlib.decompress(blob) if codec == SKELETON_ZLIB else lzma.decompress(blob)
 
 
-def _decode_threads(monkeypatch, threads: int) -> None:
-    """Unpack on ``threads`` threads from the first payload byte on (1: in turn)."""
-    import onnxopt.packing.pack as pack_module
-
-    monkeypatch.setattr(pack_module, "UNPACK_THREADS", threads)
-    monkeypatch.setattr(pack_module, "PARALLEL_MIN_BYTES", 0)
-
-
-def test_payloads_decoded_on_threads_give_the_same_model_and_errors(monkeypatch):
-    model = _chunky_model()
-    data = pack_model(model, options=CHUNKY).data
-    expected = model.SerializeToString()
-    damaged = bytearray(data)
-    head = read_header(data)
-    damaged[PREFIX_SIZE + head.stream_bytes // 2] ^= 0x40  # inside a chunk of the stream section
-    outcomes = []
-    for threads in (1, 3):
-        _decode_threads(monkeypatch, threads)
-        assert unpack_model(data).SerializeToString() == expected
-        with pytest.raises(BadModelError) as info:
-            unpack_model(bytes(damaged), source="d.onnxpack")
-        outcomes.append(str(info.value))
-    assert outcomes[0] == outcomes[1] and "tensor '" in outcomes[0], outcomes
-
-
-def test_unpack_threads_setting(monkeypatch, caplog):
-    from onnxopt.packing.pack import _unpack_threads
-
-    monkeypatch.setenv("ONNXOPT_UNPACK_THREADS", "3")
-    assert _unpack_threads() == 3
-    default = min(4, os.cpu_count() or 1)
-    for bad in ("0", "-2", "two"):
-        monkeypatch.setenv("ONNXOPT_UNPACK_THREADS", bad)
-        with caplog.at_level("WARNING"):
-            assert _unpack_threads() == default
-        assert "not a positive number of threads" in caplog.text
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_unpack_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
-    """The decoder threads are per process: a child forked after the parent unpacked must not wait on
-    threads it did not inherit."""
-    import multiprocessing
-
-    _decode_threads(monkeypatch, 2)
-    model = _chunky_model()
-    data = pack_model(model, options=CHUNKY).data
-    assert unpack_model(data).SerializeToString() == model.SerializeToString()
-    child = multiprocessing.get_context("fork").Process(target=unpack_model, args=(data,))
-    child.start()
-    child.join(120)
-    alive = child.is_alive()
-    if alive:
-        child.kill()
-    assert not alive and child.exitcode == 0
-
-
 def test_bundle_checksum_names_its_tensors():
     """One CRC32 covers a bundle; damage inside it is reported with the bundle's tensor names."""
     rng = np.random.default_rng(4)

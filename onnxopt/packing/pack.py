@@ -36,14 +36,12 @@ order the batch decoder reads them.
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import logging
 import lzma
 import os
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
@@ -787,20 +785,22 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     names = _Names(skeleton, records)
     # parse every payload (LZ codecs inflate here), lay out the output buffer; bundle slices and
     # references have no payload of their own (a bundle's size is the sum of its slices: _read_index)
-    jobs: list[tuple[int, _Record, memoryview]] = []
+    parsed: dict[int, Parsed] = {}
+    offsets: dict[int, int] = {}
+    extent = 0
+    bundled = 0
+    bundle_heads: list[int] = []
     for i, rec in enumerate(records):
         if rec.codec in (_REF, _SLICE):
             if rec.codec == _REF and (rec.ref >= i or records[rec.ref].raw_len != rec.raw_len
                                       or records[rec.ref].kind != rec.kind):
                 raise CorruptPackError(f"{names[i]}: bad reference to record {rec.ref}")
             continue
-        jobs.append((i, rec, (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)))
-    parsed: dict[int, Parsed] = {}
-    offsets: dict[int, int] = {}
-    extent = 0
-    bundled = 0
-    bundle_heads: list[int] = []
-    for (i, _, _), p in zip(jobs, _parse_payloads(jobs, limits, names)):
+        bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
+        try:
+            p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor record {i}", limits, rec.bundle_len)
+        except CorruptPackError as exc:  # (named only now: naming parses the model)
+            raise CorruptPackError(str(exc).replace(f"tensor record {i}", str(names[i]), 1)) from None
         if p.bundle_len >= 0:
             bundle_heads.append(i)
             bundled += p.bundle_len
@@ -882,46 +882,6 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
             except (ValueError, TypeError) as exc:
                 raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
     return model
-
-
-#: payloads are parsed (LZ codecs inflate then) on a thread pool when they hold at least this many
-#: bytes together; zlib, LZMA and brotli release the GIL while they decode
-PARALLEL_MIN_BYTES = 1 << 17
-
-
-def _unpack_threads() -> int:
-    """ONNXOPT_UNPACK_THREADS (a positive count; 1: no pool), else up to 4 of the machine's CPUs."""
-    value = os.environ.get("ONNXOPT_UNPACK_THREADS", "")
-    if value.strip().isdigit() and int(value) > 0:
-        return int(value)
-    if value:
-        log.warning("ONNXOPT_UNPACK_THREADS=%r is not a positive number of threads; using the default", value)
-    return min(4, os.cpu_count() or 1)
-
-
-#: threads for that (see _unpack_threads)
-UNPACK_THREADS = _unpack_threads()
-
-
-@functools.cache
-def _pool(pid: int) -> ThreadPoolExecutor:
-    """The process's decoder threads (by pid: a forked child does not inherit its parent's threads)."""
-    return ThreadPoolExecutor(UNPACK_THREADS, thread_name_prefix="onnxopt-unpack")
-
-
-def _parse_payloads(jobs: list[tuple[int, _Record, memoryview]], limits: Limits, names: _Names) -> list[Parsed]:
-    """``parse_payload`` of every (record number, record, bulk), in order; on the pool when it pays."""
-
-    def parse(job: tuple[int, _Record, memoryview]) -> Parsed:
-        i, rec, bulk = job
-        try:
-            return parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor record {i}", limits, rec.bundle_len)
-        except CorruptPackError as exc:  # (named only now: naming parses the model)
-            raise CorruptPackError(str(exc).replace(f"tensor record {i}", str(names[i]), 1)) from None
-
-    if UNPACK_THREADS > 1 and len(jobs) > 1 and sum(len(bulk) for *_, bulk in jobs) >= PARALLEL_MIN_BYTES:
-        return list(_pool(os.getpid()).map(parse, jobs))
-    return [parse(job) for job in jobs]
 
 
 def _bundle_damage(records: list[_Record], head: int, number: int, names: _Names) -> str:
