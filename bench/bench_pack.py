@@ -257,7 +257,7 @@ def speed_table(rows: list[Row]) -> list[str]:
         zd = r.weights / r.zlib_d_s / 1e6
         lines.append(
             f"| {r.name} | {r.pack_s:.3f} s | {r.zlib_c_s:.3f} s | {r.pack_s / r.zlib_c_s:.2f}x | "
-            f"{r.unpack_s * 1e3:.1f} ms | {r.zlib_d_s * 1e3:.1f} ms | {up:.0f} | {zd:.0f} | {up / zd:.2f} | "
+            f"{r.unpack_s * 1e3:.2f} ms | {r.zlib_d_s * 1e3:.2f} ms | {up:.0f} | {zd:.0f} | {up / zd:.3f} | "
             f"{'yes' if r.exact else 'NO'} |"
         )
     tw = sum(r.weights for r in rows)
@@ -267,8 +267,11 @@ def speed_table(rows: list[Row]) -> list[str]:
     tc = sum(r.zlib_c_s for r in rows)
     lines.append(
         f"| **total** | {tp:.2f} s | {tc:.2f} s | {tp / tc:.2f}x | {tu * 1e3:.0f} ms | {tz * 1e3:.0f} ms | "
-        f"{tw / tu / 1e6:.0f} | {tw / tz / 1e6:.0f} | {tz / tu:.2f} | {'yes' if all(r.exact for r in rows) else 'NO'} |"
+        f"{tw / tu / 1e6:.0f} | {tw / tz / 1e6:.0f} | {tz / tu:.3f} | {'yes' if all(r.exact for r in rows) else 'NO'} |"
     )
+    below = [f"{r.name} {r.zlib_d_s / r.unpack_s:.3f}" for r in rows if r.zlib_d_s / r.unpack_s < 1 / 3]
+    lines += ["", f"Unpack throughput at least 1/3 of zlib's: {len(rows) - len(below)} of {len(rows)} models"
+              + (f" (below: {', '.join(below)})" if below else "")]
     return lines
 
 
