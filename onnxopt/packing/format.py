@@ -185,7 +185,6 @@ class Header:
     flags: int = 0
     crc: int = 0  # crc32 of the trailer's fields, then the raw skeleton, then the raw index
     trailer_bytes: int = 0  # (read back: the trailer's size, its length byte included)
-    fields: bytes = b""  # (read back: the fields' bytes, which the CRC covers)
 
     def field_bytes(self) -> bytes:
         out = bytearray()
@@ -194,13 +193,13 @@ class Header:
         return bytes(out)
 
     def metadata_crc(self, skeleton: bytes, index: bytes) -> int:
-        """The CRC the trailer carries for these fields and this skeleton and index."""
-        return zlib.crc32(index, zlib.crc32(skeleton, zlib.crc32(self.fields or self.field_bytes())))
+        """The CRC the trailer carries for these fields and this skeleton and index (the fields as written:
+        a writer's varints are minimal, so re-encoding the values read gives its bytes)."""
+        return zlib.crc32(index, zlib.crc32(skeleton, zlib.crc32(self.field_bytes())))
 
     def trailer(self, skeleton: bytes, index: bytes) -> bytes:
         """The trailer for this skeleton and index: fields, CRC32, and its length in the last byte."""
-        fields = self.field_bytes()
-        body = fields + zlib.crc32(index, zlib.crc32(skeleton, zlib.crc32(fields))).to_bytes(4, "little")
+        body = self.field_bytes() + self.metadata_crc(skeleton, index).to_bytes(4, "little")
         return body + bytes([len(body)])
 
 
@@ -231,8 +230,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     r = Reader(data, "trailer", pos=start, end=len(data) - 5)
     values = {name: r.uvarint() for name in TRAILER_FIELDS}
     r.done()
-    head = Header(**values, crc=int.from_bytes(data[-5:-1], "little"), trailer_bytes=length + 1,
-                  fields=bytes(data[start : len(data) - 5]))
+    head = Header(**values, crc=int.from_bytes(data[-5:-1], "little"), trailer_bytes=length + 1)
     if head.flags != 0:
         raise CorruptPackError(f"unknown trailer flags {head.flags:#x}")
     if {head.section_codecs & 15, head.section_codecs >> 4} - {SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI}:
