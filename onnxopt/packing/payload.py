@@ -224,15 +224,13 @@ def take_payload(t: TensorProto) -> Payload | None:
     if kind is None:
         return None
     if kind is Kind.RAW_DATA:
-        data = t.raw_data
+        p = Payload(kind, t.raw_data, _byte_itemsize(t, kind))
     elif kind in BYTE_KINDS:
-        data = _packed_wire_bytes(t, FIELD[kind], FIELD_TAG[kind])
+        p = Payload(kind, _packed_wire_bytes(t, FIELD[kind], FIELD_TAG[kind]), _byte_itemsize(t, kind))
     else:
         p = _int_payload(t, kind)
-        t.ClearField(FIELD[kind])
-        return p
     t.ClearField(FIELD[kind])
-    return Payload(kind, data, _byte_itemsize(t, kind))
+    return p
 
 
 def hole_payload(t: TensorProto, wire: memoryview, span: tuple[int, int]) -> tuple[Payload, int, int, int] | None:
