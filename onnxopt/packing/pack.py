@@ -626,11 +626,25 @@ def _add_slice(heads: list[_Record], number: int, size: int, max_tensor: int) ->
         raise CorruptPackError("tensor index: a bundle exceeds the tensor size limit")
 
 
+def _field_content(skeleton: bytes, at: int, k: int, max_tensor: int) -> tuple[int, int]:
+    """The length of the field whose tag is at ``at`` (record ``k``'s) and where its content starts."""
+    end = len(skeleton)
+    size = skeleton[at + 1] if at + 1 < end else 0x80
+    if size < 0x80:
+        start = at + 2
+    elif at + 2 < end and skeleton[at + 2] < 0x80:  # (two varint bytes: up to 16 KB)
+        size, start = (size & 0x7F) | skeleton[at + 2] << 7, at + 3
+    else:
+        size, start = read_varint(skeleton, at + 1, end)
+    if size > max_tensor:
+        raise CorruptPackError(f"tensor index: record {k} declares a {size}-byte tensor")
+    return size, start
+
+
 def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> list[_Record]:
     records = []
     heads: list[_Record] = []  # the BUNDLE records, by bundle number
     pos = cursor = 0
-    end = len(skeleton)
     max_tensor = limits.max_tensor_bytes
     unskipped: dict[int, int] = {}  # per tag byte: its occurrences in the skeleton not yet skipped
     new = object.__new__
@@ -643,16 +657,7 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
             at = skeleton.find(tag_byte, cursor)
             if at < 0:
                 raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
-            hole_len = skeleton[at + 1] if at + 1 < end else 0x80
-            if hole_len < 0x80:
-                cursor = at + 2
-            elif at + 2 < end and skeleton[at + 2] < 0x80:  # (two varint bytes: up to 16 KB)
-                hole_len = (hole_len & 0x7F) | skeleton[at + 2] << 7
-                cursor = at + 3
-            else:
-                hole_len, cursor = read_varint(skeleton, at + 1, end)
-                if hole_len > max_tensor:
-                    raise CorruptPackError(f"tensor index: record {k} declares a {hole_len}-byte tensor")
+            hole_len, cursor = _field_content(skeleton, at, k, max_tensor)
             number = raw[pos + 2]
             _add_slice(heads, number, hole_len, max_tensor)
             rec = new(_Record)
@@ -703,15 +708,8 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
                 at = skeleton.find(tag_byte, at + 1)
             if at < 0:
                 raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
-            hole_len = skeleton[at + 1] if at + 1 < end else 0x80
-            if hole_len < 0x80:
-                cursor = at + 2
-            else:
-                hole_len, cursor = read_varint(skeleton, at + 1, end)
-            rec.hole = cursor
-            rec.hole_len = hole_len
-            if hole_len > max_tensor:
-                raise CorruptPackError(f"tensor index: record {k} declares a {hole_len}-byte tensor")
+            hole_len, cursor = _field_content(skeleton, at, k, max_tensor)
+            rec.hole, rec.hole_len = cursor, hole_len
             if kind in BYTE_KINDS:
                 if raw_len >= 0 and raw_len != hole_len:
                     raise CorruptPackError(f"tensor index: record {k} has two different sizes")
