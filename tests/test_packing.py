@@ -685,6 +685,38 @@ def test_compiled_and_numpy_decoders_agree(planes, lanes, damage, seed):
         monkeypatch.undo()
 
 
+@pytest.mark.skipif(not native.available(), reason="the compiled lane decoder is not built")
+@FAST
+@given(plane=_plane_strategy(), lanes=st.integers(1, 300), damage=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+def test_compiled_rans_header_reader_agrees_with_the_reference(plane, lanes, damage, seed):
+    """The C header reader gives the reference reader's table, states and length on every header it
+    accepts, and refuses exactly the headers the reference refuses (which then names the fault)."""
+    header = bytearray(rans.encode(plane, lanes).header)
+    r = Reader(bytes(header), "header")
+    lanes = r.uvarint()
+    start = r.pos
+    rng = np.random.default_rng(seed)
+    if damage == 1:  # a flipped bit after the lane count
+        k = int(rng.integers(start, len(header)))
+        header[k] ^= 1 << int(rng.integers(8))
+    elif damage == 2:  # cut short
+        header = header[: int(rng.integers(start, len(header)))]
+    elif damage == 3:  # a byte overwritten
+        header[int(rng.integers(start, len(header)))] = int(rng.integers(256))
+    ref = Reader(bytes(header), "header", pos=start)
+    try:
+        table, states = rans._read_table_and_states(ref, lanes)
+        expected = (ref.pos - start, table, states)
+    except CorruptPackError:
+        expected = None
+    got = native.rans_header(memoryview(bytes(header))[start:], lanes)
+    assert (got is None) == (expected is None)
+    assert damage or got is not None
+    if got is not None:
+        assert got[0] == expected[0]
+        assert np.array_equal(got[1], expected[1]) and np.array_equal(got[2], expected[2])
+
+
 def test_compiled_decoder_is_built_when_required():
     """CI sets ONNXOPT_REQUIRE_NATIVE=1, so a broken build cannot silently fall back to numpy."""
     if os.environ.get("ONNXOPT_REQUIRE_NATIVE") != "1":

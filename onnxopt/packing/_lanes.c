@@ -47,6 +47,90 @@ int64_t rans_decode(uint32_t *x, const uint32_t *tab, const int64_t *tbase, int6
     return read;
 }
 
+/*
+ * One rANS stream header after its lane count (rans.py: parse, read_symbol_set, read_nibble_varints,
+ * read_states, _decode_table in one pass): the symbol set, the table precision, the nibble-varint
+ * frequencies and the lane states, into the 4096-entry decode table and the lanes' start states.
+ * Returns the bytes read, or -1 for any inconsistency; the caller then runs the Python reader, which
+ * names the fault. (The Python path is the reference: a property test parses random and damaged headers
+ * both ways.)
+ */
+int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *table, uint32_t *states) {
+    int64_t pos = 0;
+    uint8_t present[256];
+    int64_t count;
+    if (pos >= len) return -1;
+    count = (int64_t)buf[pos++] + 1;
+    if (count <= 32) {
+        if (pos + count > len) return -1;
+        for (int64_t i = 0; i < count; i++) {
+            present[i] = buf[pos + i];
+            if (i && present[i] <= present[i - 1]) return -1;
+        }
+        pos += count;
+    } else {
+        int64_t found = 0;
+        if (pos + 32 > len) return -1;
+        for (int i = 0; i < 256; i++)
+            if (buf[pos + (i >> 3)] >> (i & 7) & 1) present[found++] = (uint8_t)i;
+        if (found != count) return -1;
+        pos += 32;
+    }
+    if (count < 2 || pos >= len) return -1;
+    const int precision = buf[pos++];
+    if (precision < 1 || precision > RANS_PRECISION) return -1;
+    const uint64_t scale = 1ull << precision;
+    uint32_t freqs[256];
+    uint64_t sum = 0, value = 0;
+    int shift = 0, half = 0;
+    int64_t got = 0;
+    uint8_t byte = 0;
+    while (got < count - 1) {
+        if (!half) {
+            if (pos >= len) return -1;
+            byte = buf[pos++];
+        }
+        const uint8_t nib = half ? byte >> 4 : byte & 15;
+        half = !half;
+        value |= (uint64_t)(nib & 7) << shift;
+        if (nib & 8) {
+            shift += 3;
+            if (shift > 60) return -1;
+            continue;
+        }
+        if (value > scale) return -1;
+        freqs[got++] = (uint32_t)value + 1;
+        sum += value + 1;
+        value = 0;
+        shift = 0;
+    }
+    if (sum >= scale) return -1;
+    freqs[count - 1] = (uint32_t)(scale - sum);
+    uint32_t cum = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const uint32_t f = freqs[i] << (RANS_PRECISION - precision);
+        for (uint32_t k = 0; k < f; k++) table[cum + k] = present[i] | f << 8 | k << 20;
+        cum += f;
+    }
+    const int64_t bitmap = (lanes + 7) / 8;
+    if (pos + bitmap > len) return -1;
+    const uint8_t *shorts = buf + pos;
+    pos += bitmap;
+    for (int64_t j = lanes; j < bitmap * 8; j++)
+        if (shorts[j >> 3] >> (j & 7) & 1) return -1;
+    for (int64_t j = 0; j < lanes; j++) {
+        const int is_short = shorts[j >> 3] >> (j & 7) & 1;
+        const int n = is_short ? 3 : 4;
+        if (pos + n > len) return -1;
+        uint32_t x = 0;
+        for (int b = 0; b < n; b++) x |= (uint32_t)buf[pos + b] << (8 * b);
+        pos += n;
+        if (x < RANS_LOW || (x < (1u << 24)) != is_short) return -1;
+        states[j] = x;
+    }
+    return pos;
+}
+
 /* Same contract as rans_decode; buf holds each lane's unread bits (bits[j] of them, low-aligned). */
 int64_t huffman_decode(uint64_t *buf, int64_t *bits, const uint16_t *tab, const int64_t *tbase, int64_t *pos,
                        const int64_t *step_stride, const int64_t *alive, int64_t max_steps, const uint32_t *words,

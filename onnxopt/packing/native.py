@@ -41,6 +41,8 @@ def _library() -> ctypes.CDLL | None:
     lib.rans_decode.argtypes = [_P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
     lib.huffman_decode.restype = _I
     lib.huffman_decode.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
+    lib.rans_header.restype = _I
+    lib.rans_header.argtypes = [_P, _I, _I, _P, _P]
     return lib
 
 
@@ -57,6 +59,16 @@ def _layout(batch: LaneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     """The batch's per-lane arrays as the C loops take them (contiguous int64)."""
     as64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
     return as64(batch.tbase), as64(batch.pos), as64(batch.step_stride), as64(batch.alive_lanes)
+
+
+def rans_header(view: memoryview, lanes: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """Parse a rANS stream header after its lane count (see rans.parse): (bytes read, decode table,
+    start states), or None when the header is inconsistent (rans.parse's Python reader then says why)."""
+    buf = np.frombuffer(view, dtype=np.uint8)
+    table = np.empty(4096, dtype=np.uint32)
+    states = np.empty(lanes, dtype=np.uint32)
+    used = _library().rans_header(_ptr(buf), buf.size, lanes, _ptr(table), _ptr(states))
+    return None if used < 0 else (int(used), table, states)
 
 
 def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:

@@ -286,6 +286,19 @@ def parse(r: Reader, n: int, limits: Limits) -> LaneStream:
     lanes = r.uvarint()
     if not 1 <= lanes <= min(n, limits.max_lanes) or -(-n // lanes) > limits.max_steps:
         raise CorruptPackError(f"{r.what}: rANS lane count {lanes} invalid for {n} symbols")
+    header = native.rans_header(r.buf[r.pos : r.end], lanes) if native.available() else None
+    if header is None:  # no compiled reader, or a fault it found: this one names it
+        table, states = _read_table_and_states(r, lanes)
+    else:  # (the same read in C: most of a small stream's unpacking time)
+        used, table, states = header
+        r.pos += used
+    steps = -(-n // lanes)
+    nwords = r.uvarint(steps * lanes)
+    return LaneStream(lanes=lanes, steps=steps, nwords=nwords, init=states, table=table)
+
+
+def _read_table_and_states(r: Reader, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The header after the lane count: the decode table and the lanes' start states (reference reader)."""
     present = read_symbol_set(r)
     if len(present) < 2:
         raise CorruptPackError(f"{r.what}: rANS table needs at least two symbols")
@@ -299,9 +312,7 @@ def parse(r: Reader, n: int, limits: Limits) -> LaneStream:
         raise CorruptPackError(f"{r.what}: rANS frequencies do not sum to {scale}")
     freqs = [f << (PRECISION - table_precision) for f in [*freqs, last]]
     states = read_states(r, lanes)
-    steps = -(-n // lanes)
-    nwords = r.uvarint(steps * lanes)
-    return LaneStream(lanes=lanes, steps=steps, nwords=nwords, init=states, table=_decode_table(present, freqs))
+    return _decode_table(present, freqs), states
 
 
 def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) -> bool:
