@@ -20,15 +20,59 @@
 #define HUFF_MAX_LEN 12
 #define HUFF_MASK ((1u << HUFF_MAX_LEN) - 1u)
 #define HUFF_WORD_BITS 32
+#define TABLE_SIZE 4096
+
+/*
+ * The batch, as both loops take it: nstreams streams sorted by steps (most first, lane_order in
+ * lanes.py), stream k having lanes[k] lanes of steps[k] steps whose symbol 0 goes to dest[k] and whose
+ * symbols are stride[k] apart; stream k's decode table is entries k*4096 .. k*4096+4095 of tab.
+ * scratch (3 * total lanes + nstreams + 1 int64s) receives the per-lane layout of LaneBatch: lane j of
+ * stream k writes dest[k] + j*stride[k] first and moves lanes[k]*stride[k] per step.
+ */
+typedef struct {
+    int64_t *pos, *step_stride, *tbase, *start;
+    int64_t nstreams, max_steps;
+    const int64_t *steps;
+} Layout;
+
+static Layout lay_out(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
+                      const int64_t *stride, int64_t *scratch) {
+    int64_t total = 0;
+    for (int64_t k = 0; k < nstreams; k++) total += lanes[k];
+    Layout l = {scratch, scratch + total, scratch + 2 * total, scratch + 3 * total, nstreams,
+                nstreams ? steps[0] : 0, steps};
+    int64_t g = 0;
+    l.start[0] = 0;
+    for (int64_t k = 0; k < nstreams; k++) {
+        for (int64_t j = 0; j < lanes[k]; j++, g++) {
+            l.pos[g] = dest[k] + j * stride[k];
+            l.step_stride[g] = lanes[k] * stride[k];
+            l.tbase[g] = k * TABLE_SIZE;
+        }
+        l.start[k + 1] = g;
+    }
+    return l;
+}
+
+/* Lanes working at step t (those of the streams with more than t steps: a prefix); *live is the number
+   of such streams at the previous step, which only shrinks. */
+static int64_t alive_at(const Layout *l, int64_t t, int64_t *live) {
+    if (t >= l->max_steps) return 0;
+    while (*live > 0 && l->steps[*live - 1] <= t) (*live)--;
+    return l->start[*live];
+}
 
 /* Returns the number of words read, -1 if the word section ran out, -2 if an output index is outside out. */
-int64_t rans_decode(uint32_t *x, const uint32_t *tab, const int64_t *tbase, int64_t *pos, const int64_t *step_stride,
-                    const int64_t *alive, int64_t max_steps, const uint16_t *words, int64_t nwords, uint8_t *out,
-                    int64_t out_len) {
-    int64_t read = 0;
-    for (int64_t t = 0; t < max_steps; t++) {
-        const int64_t a = alive[t];
-        const int64_t refill = (t + 1 < max_steps) ? alive[t + 1] : 0;
+int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
+                    const int64_t *stride, int64_t *scratch, uint32_t *x, const uint32_t *tab,
+                    const uint16_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
+    const Layout l = lay_out(nstreams, lanes, steps, dest, stride, scratch);
+    int64_t *pos = l.pos;
+    const int64_t *step_stride = l.step_stride, *tbase = l.tbase;
+    int64_t read = 0, live = nstreams, live_next = nstreams;
+    for (int64_t t = 0; t < l.max_steps; t++) {
+        const int64_t a = alive_at(&l, t, &live);
+        const int64_t refill = alive_at(&l, t + 1, &live_next);
         for (int64_t j = 0; j < a; j++) {
             uint32_t s = x[j];
             const uint32_t e = tab[tbase[j] + (s & RANS_MASK)];
@@ -132,13 +176,16 @@ int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *ta
 }
 
 /* Same contract as rans_decode; buf holds each lane's unread bits (bits[j] of them, low-aligned). */
-int64_t huffman_decode(uint64_t *buf, int64_t *bits, const uint16_t *tab, const int64_t *tbase, int64_t *pos,
-                       const int64_t *step_stride, const int64_t *alive, int64_t max_steps, const uint32_t *words,
-                       int64_t nwords, uint8_t *out, int64_t out_len) {
-    int64_t read = 0;
-    for (int64_t t = 0; t < max_steps; t++) {
-        const int64_t a = alive[t];
-        const int64_t refill = (t + 1 < max_steps) ? alive[t + 1] : 0;
+int64_t huffman_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
+                       const int64_t *stride, int64_t *scratch, uint64_t *buf, int64_t *bits, const uint16_t *tab,
+                       const uint32_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
+    const Layout l = lay_out(nstreams, lanes, steps, dest, stride, scratch);
+    int64_t *pos = l.pos;
+    const int64_t *step_stride = l.step_stride, *tbase = l.tbase;
+    int64_t read = 0, live = nstreams, live_next = nstreams;
+    for (int64_t t = 0; t < l.max_steps; t++) {
+        const int64_t a = alive_at(&l, t, &live);
+        const int64_t refill = alive_at(&l, t + 1, &live_next);
         for (int64_t j = 0; j < a; j++) {
             uint64_t b = buf[j];
             int64_t n = bits[j];

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+#: entries of each stream's decode table (12-bit lookups, rANS and Huffman alike)
+TABLE_SIZE = 4096
 
 
 @dataclass
@@ -82,26 +86,24 @@ def interleave_words(streams: Sequence[EncodedStream], dtype: type) -> np.ndarra
 
 
 class LaneBatch:
-    """Lane layout shared by the rANS and Huffman batch decoders."""
+    """Lane layout shared by the rANS and Huffman batch decoders.
+
+    The streams, sorted by :func:`lane_order`, are described per stream (``lanes``, ``steps``,
+    ``dest``, ``stride``: what the compiled loops take, which lay the lanes out themselves); the
+    per-lane arrays of the numpy loops are worked out only when those ask for them.
+    """
 
     def __init__(self, streams: Sequence[LaneStream], words: np.ndarray, state_dtype: type) -> None:
         order = lane_order([s.steps for s in streams])
         ordered = [streams[i] for i in order]
-        lanes = np.array([s.lanes for s in ordered], dtype=np.int64)
-        steps = np.array([s.steps for s in ordered], dtype=np.int64)
-        start = np.concatenate([[0], np.cumsum(lanes)])
+        self.lanes = np.array([s.lanes for s in ordered], dtype=np.int64)
+        self.steps = np.array([s.steps for s in ordered], dtype=np.int64)
+        self.dest = np.array([s.dest for s in ordered], dtype=np.int64)
+        self.stride = np.array([s.stride for s in ordered], dtype=np.int64)
+        start = np.concatenate([[0], np.cumsum(self.lanes)])
+        self._start = start
         self.total_lanes = int(start[-1])
-        self.max_steps = int(steps[0]) if len(ordered) else 0
-        # streams alive at step t are those with more than t steps: a prefix, thanks to the sort
-        alive_streams = np.searchsorted(-steps, -np.arange(self.max_steps), side="left")
-        self.alive_lanes = start[alive_streams].tolist()
-        sid = np.repeat(np.arange(len(ordered), dtype=np.int64), lanes)
-        lane_in_stream = np.arange(self.total_lanes, dtype=np.int64) - start[:-1][sid]
-        dest = np.array([s.dest for s in ordered], dtype=np.int64)
-        stride = np.array([s.stride for s in ordered], dtype=np.int64)
-        self.pos = dest[sid] + lane_in_stream * stride[sid]
-        self.step_stride = (lanes * stride)[sid]
-        self.tbase = (sid * 4096).astype(state_dtype)
+        self.max_steps = int(self.steps[0]) if len(ordered) else 0
         self.tables = np.concatenate([s.table for s in ordered]) if ordered else np.zeros(0, dtype=state_dtype)
         self.states = (
             np.concatenate([s.init for s in ordered]).astype(state_dtype)
@@ -112,6 +114,31 @@ class LaneBatch:
         self.read = 0
         self.ordered = ordered
         self.lane_ranges = list(zip(start[:-1].tolist(), start[1:].tolist()))
+
+    @cached_property
+    def alive_lanes(self) -> list[int]:
+        """Lanes still working at each step: those of the streams with more steps, a prefix thanks to the sort."""
+        alive_streams = np.searchsorted(-self.steps, -np.arange(self.max_steps), side="left")
+        return self._start[alive_streams].tolist()
+
+    @cached_property
+    def _sid(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.ordered), dtype=np.int64), self.lanes)
+
+    @cached_property
+    def pos(self) -> np.ndarray:
+        """Each lane's next output index."""
+        lane_in_stream = np.arange(self.total_lanes, dtype=np.int64) - self._start[:-1][self._sid]
+        return self.dest[self._sid] + lane_in_stream * self.stride[self._sid]
+
+    @cached_property
+    def step_stride(self) -> np.ndarray:
+        return (self.lanes * self.stride)[self._sid]
+
+    @cached_property
+    def tbase(self) -> np.ndarray:
+        """Where each lane's stream's table starts in ``tables``."""
+        return (self._sid * TABLE_SIZE).astype(self.states.dtype)
 
     def next_words(self, k: int) -> np.ndarray | None:
         """The next ``k`` words of the section, or None if it runs out (a corrupt file)."""

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from onnxopt.packing.lanes import LaneBatch
+from onnxopt.packing.lanes import TABLE_SIZE, LaneBatch
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ def _library() -> ctypes.CDLL | None:
         log.debug("compiled lane decoder unusable (%s); using the numpy decoders", exc)
         return None
     lib.rans_decode.restype = _I
-    lib.rans_decode.argtypes = [_P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
+    lib.rans_decode.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I]
     lib.huffman_decode.restype = _I
-    lib.huffman_decode.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I]
+    lib.huffman_decode.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I]
     lib.rans_header.restype = _I
     lib.rans_header.argtypes = [_P, _I, _I, _P, _P]
     return lib
@@ -55,17 +55,22 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-def _layout(batch: LaneBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The batch's per-lane arrays as the C loops take them (contiguous int64)."""
-    as64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-    return as64(batch.tbase), as64(batch.pos), as64(batch.step_stride), as64(batch.alive_lanes)
+def _batch_args(batch: LaneBatch, scratch: np.ndarray) -> tuple[int, ...]:
+    """The batch's per-stream arrays as the C loops take them, then ``scratch`` (from :func:`_scratch`)."""
+    return (len(batch.ordered), _ptr(batch.lanes), _ptr(batch.steps), _ptr(batch.dest), _ptr(batch.stride),
+            _ptr(scratch))
+
+
+def _scratch(batch: LaneBatch) -> np.ndarray:
+    """Room for the C loops to lay out the batch's lanes (three int64s per lane, one per stream, one)."""
+    return np.empty(3 * batch.total_lanes + len(batch.ordered) + 1, dtype=np.int64)
 
 
 def rans_header(view: memoryview, lanes: int) -> tuple[int, np.ndarray, np.ndarray] | None:
     """Parse a rANS stream header after its lane count (see rans.parse): (bytes read, decode table,
     start states), or None when the header is inconsistent (rans.parse's Python reader then says why)."""
     buf = np.frombuffer(view, dtype=np.uint8)
-    table = np.empty(4096, dtype=np.uint32)
+    table = np.empty(TABLE_SIZE, dtype=np.uint32)
     states = np.empty(lanes, dtype=np.uint32)
     used = _library().rans_header(_ptr(buf), buf.size, lanes, _ptr(table), _ptr(states))
     return None if used < 0 else (int(used), table, states)
@@ -81,11 +86,8 @@ def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:
     x = np.ascontiguousarray(batch.states, dtype=np.uint32)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint32)
     w = np.ascontiguousarray(batch.words, dtype=np.uint16)
-    tbase, pos, stride, alive = _layout(batch)
-    read = lib.rans_decode(
-        _ptr(x), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,
-        _ptr(w), w.size, _ptr(out), out.size,
-    )
+    scratch = _scratch(batch)
+    read = lib.rans_decode(*_batch_args(batch, scratch), _ptr(x), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size)
     if read < 0:
         return None
     batch.read = int(read)
@@ -99,10 +101,9 @@ def huffman_loop(batch: LaneBatch, out: np.ndarray) -> bool:
     bits = np.full(batch.total_lanes, 32, dtype=np.int64)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint16)
     w = np.ascontiguousarray(batch.words, dtype=np.uint32)
-    tbase, pos, stride, alive = _layout(batch)
+    scratch = _scratch(batch)
     read = lib.huffman_decode(
-        _ptr(buf), _ptr(bits), _ptr(tab), _ptr(tbase), _ptr(pos), _ptr(stride), _ptr(alive), batch.max_steps,
-        _ptr(w), w.size, _ptr(out), out.size,
+        *_batch_args(batch, scratch), _ptr(buf), _ptr(bits), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size
     )
     if read < 0:
         return False
