@@ -30,7 +30,7 @@ from onnxopt.packing import (
     unpack_model,
 )
 from onnxopt.packing import groups as group_ids
-from onnxopt.packing.codecs import Codec, Coded, choose, code_groups, decode_alone
+from onnxopt.packing.codecs import Codec, Coded, cheaper, choose, code_groups, decode_alone
 from onnxopt.packing.entropy import counts, entropy_bits, plane_bound_bytes
 from onnxopt.packing.format import (
     LIMITS,
@@ -1392,6 +1392,60 @@ def test_ort_session_on_constant_and_if_model():
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     got = ort_session(pack_model(model).data).run(None, {"x": x})
     np.testing.assert_array_equal(ref[0], got[0])
+
+
+def test_a_slow_decoding_payload_must_win_by_the_lzma_margin():
+    options = PackOptions(lzma_margin=0.02)
+    fast = Coded(Codec.BROTLI, bulk=bytes(1000))
+    assert not cheaper(Coded(Codec.LZMA, bulk=bytes(985), slow=True), fast, options)  # 1.5% smaller: not enough
+    assert cheaper(Coded(Codec.LZMA, bulk=bytes(975), slow=True), fast, options)
+    assert cheaper(Coded(Codec.LZMA, bulk=bytes(985)), fast, options)  # small payloads: plain size
+    slow_best = Coded(Codec.GROUPS, bulk=bytes(1000), slow=True)  # the margin counts from either side
+    assert cheaper(Coded(Codec.BROTLI, bulk=bytes(1015)), slow_best, options)
+    assert not cheaper(Coded(Codec.BROTLI, bulk=bytes(1025)), slow_best, options)
+
+
+def _lz_friendly_int8(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Each column periodic with its own period (a tap repeating along the output channels): LZ finds
+    the repeats with the last axis outermost, not in the interleaved order of the tensor as it is."""
+    rng = np.random.default_rng(seed)
+    alphabet = rng.choice(np.arange(-127, 128), 8, replace=False)  # (all columns alike: nothing to group)
+    columns = []
+    for period in (61, 67, 71, 73)[:cols]:
+        columns.append(np.resize(rng.choice(alphabet, period), rows))
+    return np.stack(columns, axis=1).astype(np.int8)
+
+
+def test_lzma_needs_its_margin_over_every_other_candidate():
+    """Above lzma_margin_min_bytes an LZMA payload is marked slow and loses to a fast one within the
+    margin, wherever that candidate comes from; at or below it, the smaller payload wins."""
+    rng = np.random.default_rng(3)
+    w = np.where(rng.random((6000, 4)) < 0.1, rng.integers(-127, 128, (6000, 4)), 0).astype(np.int8)  # 24 KB
+    lz = frozenset({"raw", "zlib", "lzma", "groups"})
+    free = choose(w.tobytes(), 1, PackOptions(codecs=lz, lzma_margin=0.0), shape=w.shape)
+    never = choose(w.tobytes(), 1, PackOptions(codecs=lz, lzma_margin=10.0), shape=w.shape)
+    assert "lzma" in free.label and free.slow and free.size < never.size
+    assert "lzma" not in never.label and not never.slow
+    assert decode_alone(never, w.nbytes, LIMITS) == decode_alone(free, w.nbytes, LIMITS) == w.tobytes()
+    lzma_only = choose(w.tobytes(), 1, PackOptions(codecs=frozenset({"raw", "lzma"}), lzma_margin=0.5))
+    assert lzma_only.codec is Codec.LZMA and lzma_only.slow  # (raw is far larger even with the margin)
+    small = _lz_friendly_int8(1000, 4, seed=4)  # 4 KB: below lzma_margin_min_bytes
+    coded = choose(small.tobytes(), 1, PackOptions(codecs=frozenset({"raw", "lzma"}), lzma_margin=10.0))
+    assert coded.codec is Codec.LZMA and not coded.slow
+
+
+def test_lz_tries_the_tensor_with_its_last_axis_outermost(monkeypatch):
+    """Even where no row grouping pays (none is planned here), LZ sees the tensor with its last axis
+    outermost, where the columns' repeats are."""
+    monkeypatch.setattr(group_ids, "plan", lambda view, itemsize: (None, 0.0))
+    w = _lz_friendly_int8(4000, 3, seed=5)
+    lz = frozenset({"raw", "zlib", "groups"})
+    with_layout = choose(w.tobytes(), 1, PackOptions(codecs=lz), shape=w.shape)
+    without = choose(w.tobytes(), 1, PackOptions(codecs=lz, layout_lz=False), shape=w.shape)
+    assert with_layout.codec is Codec.GROUPS and with_layout.label.startswith("groups[2Tx4000]:zlib")
+    assert with_layout.size < without.size / 4
+    assert decode_alone(with_layout, w.nbytes, LIMITS) == w.tobytes()
+    assert_roundtrip(_model([numpy_helper.from_array(w, "taps")]), options=PackOptions(codecs=lz))
 
 
 def test_metadata_sections_take_lzma_only_when_clearly_smaller():

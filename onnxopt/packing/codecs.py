@@ -41,13 +41,16 @@ Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte va
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
 
 Selection keeps the smallest candidate, with two speed-aware exceptions (each a PackOptions knob):
-Huffman must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass) and LZMA must
-beat the rest by 2% (it unpacks literal-heavy data at a few tens of MB/s). Trials are pruned: plane
+Huffman must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass) and an LZMA
+payload above 16 KB must beat the rest by 2% (it unpacks literal-heavy data at a few tens of MB/s):
+such a payload is marked ``Coded.slow`` and every comparison (:func:`cheaper`) counts it 2% larger,
+whichever candidate it meets, LZMA over grouped rows against plain brotli included. Trials are pruned: plane
 coder sizes are estimated from histograms (within ~0.1% of the real size), so only the chosen coder
 runs; planes whose entropy leaves no room are stored raw at once; LZ codecs on large tensors are
 tried on a sample first, and LZMA only where zlib came close (brotli too, on multi-byte elements).
 Row groups are planned from per-row histograms (groups.plan) and coded only when the plan saves
-bytes; the rows in group order are also offered to the LZ codecs as one payload (up to 4 MB).
+bytes; the rows in group order are also offered to the LZ codecs as one payload (up to 4 MB), and
+tensors up to 64 KB also offer the LZ codecs their bytes with the last axis outermost.
 Candidate order per tensor: byte planes (rANS/Huffman/raw/const), row groups, zlib, LZMA, brotli.
 """
 
@@ -138,8 +141,10 @@ class PackOptions:
     lzma_probe: float = 1.08
     #: LZMA must beat the best other codec by this fraction (it unpacks several times slower) ...
     lzma_margin: float = 0.02
-    #: ... on payloads larger than this (smaller ones unpack in microseconds whatever the codec);
-    #: up to here LZMA is also tried without literal context (lc=lp=pb=0)
+    #: ... on payloads larger than this. LZMA decodes literal-heavy int8 data at 25-90 MB/s, brotli at
+    #: 200-300: on silero's 49.5 KB encoder weights LZMA took 0.54 ms, brotli 0.23 ms
+    lzma_margin_min_bytes: int = 1 << 14
+    #: up to this size LZMA is also tried without literal context (lc=lp=pb=0)
     lzma_small_bytes: int = 1 << 16
     brotli_quality: int = 11
     #: brotli is tried on multi-byte elements only where zlib came within this factor of the best
@@ -153,6 +158,9 @@ class PackOptions:
     group_min_gain: float = 0.002
     #: rows of this many elements are tried when no tensor shape gives rows (bundles, 1-d tensors)
     group_chunks: tuple[int, ...] = (64, 256)
+    #: payloads up to lz_full_trial_bytes with a shape also try LZ over the tensor with its last axis
+    #: outermost (see _try_groups)
+    layout_lz: bool = True
     #: the LZ codecs over rows in group order are tried up to this payload size (brotli-11 packs
     #: about 0.4 MB/s)
     group_lz_max_bytes: int = 1 << 22
@@ -192,6 +200,7 @@ class Coded:
     label: str = ""
     hists: list[np.ndarray] | None = None  # byte-plane histograms of the data, when computed
     stream: int = 0  # CHUNKS: bytes already written to the file's stream section (bulk and words)
+    slow: bool = False  # decoded by LZMA and larger than PackOptions.lzma_margin_min_bytes (see cheaper)
 
     @property
     def size(self) -> int:
@@ -201,6 +210,15 @@ class Coded:
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+def cheaper(candidate: Coded, best: Coded, options: PackOptions) -> bool:
+    """Whether ``candidate`` should replace ``best``: smaller, where a slow-decoding side (``Coded.slow``)
+    counts ``lzma_margin`` larger than it is."""
+    def cost(c: Coded) -> float:
+        return c.size * (1.0 + options.lzma_margin) if c.slow else c.size
+
+    return cost(candidate) < cost(best)
 
 
 def _lzma_filters(dict_log2: int) -> list[dict]:
@@ -360,34 +378,50 @@ def _try_groups(
         ids, saved = groups.plan(groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed), itemsize)
         if ids is not None and (plan is None or saved > plan[0]):
             plan = (saved, row_bytes, transposed, ids)
-    if plan is None:
-        return best
-    saved, row_bytes, transposed, ids = plan
-    if saved >= max(16.0, options.group_min_gain * best.size):
-        coded = code_groups(arr, itemsize, row_bytes, transposed, ids, options)
-        if coded.size < best.size:
-            best = coded
-    # the same rows in group order as one LZ payload: similar rows side by side help LZ and brotli
-    lz = options.codecs & {"zlib", "lzma", "brotli"}
-    if lz and arr.size <= options.group_lz_max_bytes:
-        rows = arr.size // row_bytes
-        view = groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed)
-        permuted = np.concatenate([view[np.argsort(ids, kind="stable")].reshape(-1), arr[rows * row_bytes :]])
-        lz_only = dataclasses.replace(options, codecs=frozenset(lz))
-        inner = choose(permuted.tobytes(), itemsize, lz_only, ceiling=best.size)
-        if inner.codec is not Codec.RAW:
-            k = int(ids.max()) + 1
-            meta = bytearray([itemsize, int(transposed) | 2])
-            write_uvarint(meta, row_bytes)
-            meta.append(k)
-            meta += groups.pack_ids(ids, k)
-            meta.append(inner.codec)
-            meta += inner.meta
-            coded = Coded(Codec.GROUPS, bytes(meta), inner.bulk, inner.rans, inner.huffman)
-            coded.label = f"groups[{k}{'T' if transposed else ''}x{row_bytes // itemsize}]:{inner.label}"
-            if coded.size < best.size:
+    if plan is not None:
+        saved, row_bytes, transposed, ids = plan
+        if saved >= max(16.0, options.group_min_gain * best.size):
+            coded = code_groups(arr, itemsize, row_bytes, transposed, ids, options)
+            if cheaper(coded, best, options):
                 best = coded
+        # the same rows in group order as one LZ payload: similar rows side by side help LZ and brotli
+        best = _lz_rows(arr, itemsize, row_bytes, transposed, ids, best, options)
+    if options.layout_lz and arr.size <= options.lz_full_trial_bytes:
+        for row_bytes, transposed in _row_layouts(arr.size, itemsize, shape, options):
+            rows = arr.size // row_bytes
+            if transposed and rows >= 2:
+                # the tensor with its last axis outermost, rows in their own order (two groups: row 0
+                # and the rest), as one LZ payload: elements of one kernel tap or one output column
+                # side by side (silero's encoder weights: brotli 8,875 bytes as they are, 8,626 so)
+                identity = np.ones(rows, dtype=np.uint8)
+                identity[0] = 0
+                best = _lz_rows(arr, itemsize, row_bytes, transposed, identity, best, options)
     return best
+
+
+def _lz_rows(arr: np.ndarray, itemsize: int, row_bytes: int, transposed: bool, ids: np.ndarray, best: Coded,
+             options: PackOptions) -> Coded:
+    """``best``, or the rows of this layout in group order as one LZ payload if that is smaller."""
+    lz = options.codecs & {"zlib", "lzma", "brotli"}
+    if not lz or arr.size > options.group_lz_max_bytes:
+        return best
+    rows = arr.size // row_bytes
+    view = groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed)
+    permuted = np.concatenate([view[np.argsort(ids, kind="stable")].reshape(-1), arr[rows * row_bytes :]])
+    lz_only = dataclasses.replace(options, codecs=frozenset(lz))
+    inner = choose(permuted.tobytes(), itemsize, lz_only, ceiling=best.size)
+    if inner.codec is Codec.RAW:
+        return best
+    k = int(ids.max()) + 1
+    meta = bytearray([itemsize, int(transposed) | 2])
+    write_uvarint(meta, row_bytes)
+    meta.append(k)
+    meta += groups.pack_ids(ids, k)
+    meta.append(inner.codec)
+    meta += inner.meta
+    coded = Coded(Codec.GROUPS, bytes(meta), inner.bulk, inner.rans, inner.huffman, slow=inner.slow)
+    coded.label = f"groups[{k}{'T' if transposed else ''}x{row_bytes // itemsize}]:{inner.label}"
+    return coded if cheaper(coded, best, options) else best
 
 
 def choose(
@@ -410,7 +444,7 @@ def choose(
     if options.codecs & {"rans", "huffman"}:
         planes = code_planes(arr, itemsize, options)
         hists = planes.hists
-        if planes.size < best.size:
+        if cheaper(planes, best, options):
             best = planes
     if "groups" in options.codecs and len(data) >= options.group_min_bytes:
         # (without rans/huffman only the rows-in-group-order LZ payload can win: groups of raw planes don't)
@@ -460,13 +494,15 @@ def choose(
         if name == "zlib":
             zlib_ratio = size / min(best.size, limit)
         # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
-        if size < best.size * (1.0 - (options.lzma_margin if name == "lzma" and not small else 0.0)):
-            best = Coded(_LZ_CODECS[name], meta, bulk, label=name)
+        slow = name == "lzma" and len(data) > options.lzma_margin_min_bytes
+        coded = Coded(_LZ_CODECS[name], meta, bulk, label=name, slow=slow)
+        if cheaper(coded, best, options):
+            best = coded
     if hists is None:
         hists = plane_histograms(arr, itemsize)
     if "split" in options.codecs and itemsize > 1 and len(data) <= options.split_max_bytes:
         split = code_split(data, itemsize, options, hists)
-        if split.size < best.size:
+        if cheaper(split, best, options):
             best = split
     best.hists = hists
     return best
