@@ -25,67 +25,51 @@
 /*
  * The batch, as both loops take it: nstreams streams sorted by steps (most first, lane_order in
  * lanes.py), stream k having lanes[k] lanes of steps[k] steps whose symbol 0 goes to dest[k] and whose
- * symbols are stride[k] apart; stream k's decode table is entries k*4096 .. k*4096+4095 of tab.
- * scratch (3 * total lanes + nstreams + 1 int64s) receives the per-lane layout of LaneBatch: lane j of
- * stream k writes dest[k] + j*stride[k] first and moves lanes[k]*stride[k] per step.
+ * symbols are stride[k] apart; stream k's decode table is entries k*4096 .. k*4096+4095 of tab, and its
+ * lanes are lanes start[k] .. start[k+1]-1 of the state arrays (start: nstreams + 1 int64s of scratch).
+ * Symbol i of a stream is step i / lanes of lane i % lanes, so at step t lane j of stream k writes
+ * dest[k] + (t * lanes[k] + j) * stride[k]. At each step the lanes run in global order, stream by stream;
+ * the streams still working at step t (more than t steps) are a prefix.
  */
-typedef struct {
-    int64_t *pos, *step_stride, *tbase, *start;
-    int64_t nstreams, max_steps;
-    const int64_t *steps;
-} Layout;
-
-static Layout lay_out(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
-                      const int64_t *stride, int64_t *scratch) {
-    int64_t total = 0;
-    for (int64_t k = 0; k < nstreams; k++) total += lanes[k];
-    Layout l = {scratch, scratch + total, scratch + 2 * total, scratch + 3 * total, nstreams,
-                nstreams ? steps[0] : 0, steps};
-    int64_t g = 0;
-    l.start[0] = 0;
-    for (int64_t k = 0; k < nstreams; k++) {
-        for (int64_t j = 0; j < lanes[k]; j++, g++) {
-            l.pos[g] = dest[k] + j * stride[k];
-            l.step_stride[g] = lanes[k] * stride[k];
-            l.tbase[g] = k * TABLE_SIZE;
-        }
-        l.start[k + 1] = g;
-    }
-    return l;
+static void lane_starts(int64_t nstreams, const int64_t *lanes, int64_t *start) {
+    start[0] = 0;
+    for (int64_t k = 0; k < nstreams; k++) start[k + 1] = start[k] + lanes[k];
 }
 
-/* Lanes working at step t (those of the streams with more than t steps: a prefix); *live is the number
-   of such streams at the previous step, which only shrinks. */
-static int64_t alive_at(const Layout *l, int64_t t, int64_t *live) {
-    if (t >= l->max_steps) return 0;
-    while (*live > 0 && l->steps[*live - 1] <= t) (*live)--;
-    return l->start[*live];
+/* Streams still working at step t, given the count at an earlier step (it only shrinks). */
+static int64_t live_at(int64_t t, int64_t live, const int64_t *steps) {
+    while (live > 0 && steps[live - 1] <= t) live--;
+    return live;
 }
 
 /* Returns the number of words read, -1 if the word section ran out, -2 if an output index is outside out. */
 int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
-                    const int64_t *stride, int64_t *scratch, uint32_t *x, const uint32_t *tab,
+                    const int64_t *stride, int64_t *start, uint32_t *x, const uint32_t *tab,
                     const uint16_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
-    const Layout l = lay_out(nstreams, lanes, steps, dest, stride, scratch);
-    int64_t *pos = l.pos;
-    const int64_t *step_stride = l.step_stride, *tbase = l.tbase;
+    lane_starts(nstreams, lanes, start);
+    const int64_t max_steps = nstreams ? steps[0] : 0;
     int64_t read = 0, live = nstreams, live_next = nstreams;
-    for (int64_t t = 0; t < l.max_steps; t++) {
-        const int64_t a = alive_at(&l, t, &live);
-        const int64_t refill = alive_at(&l, t + 1, &live_next);
-        for (int64_t j = 0; j < a; j++) {
-            uint32_t s = x[j];
-            const uint32_t e = tab[tbase[j] + (s & RANS_MASK)];
-            const int64_t p = pos[j];
-            if ((uint64_t)p >= (uint64_t)out_len) return -2;
-            out[p] = (uint8_t)e;
-            pos[j] = p + step_stride[j];
-            s = (s >> RANS_PRECISION) * ((e >> 8) & RANS_MASK) + (e >> 20);
-            if (j < refill && s < RANS_LOW) {
-                if (read >= nwords) return -1;
-                s = (s << 16) | words[read++];
+    for (int64_t t = 0; t < max_steps; t++) {
+        live = live_at(t, live, steps);
+        live_next = live_at(t + 1, live_next, steps); /* streams whose lanes read words after this step */
+        for (int64_t k = 0; k < live; k++) {
+            uint32_t *xs = x + start[k];
+            const uint32_t *tb = tab + k * TABLE_SIZE;
+            const int64_t n = lanes[k], step = stride[k], first = dest[k] + t * n * step;
+            const int refill = k < live_next;
+            if (first < 0 || (uint64_t)(first + (n - 1) * step) >= (uint64_t)out_len) return -2;
+            uint8_t *o = out + first;
+            for (int64_t j = 0; j < n; j++) {
+                uint32_t s = xs[j];
+                const uint32_t e = tb[s & RANS_MASK];
+                o[j * step] = (uint8_t)e;
+                s = (s >> RANS_PRECISION) * ((e >> 8) & RANS_MASK) + (e >> 20);
+                if (refill && s < RANS_LOW) {
+                    if (read >= nwords) return -1;
+                    s = (s << 16) | words[read++];
+                }
+                xs[j] = s;
             }
-            x[j] = s;
         }
     }
     return read;
@@ -177,31 +161,36 @@ int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *ta
 
 /* Same contract as rans_decode; buf holds each lane's unread bits (bits[j] of them, low-aligned). */
 int64_t huffman_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
-                       const int64_t *stride, int64_t *scratch, uint64_t *buf, int64_t *bits, const uint16_t *tab,
+                       const int64_t *stride, int64_t *start, uint64_t *buf, int64_t *bits, const uint16_t *tab,
                        const uint32_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
-    const Layout l = lay_out(nstreams, lanes, steps, dest, stride, scratch);
-    int64_t *pos = l.pos;
-    const int64_t *step_stride = l.step_stride, *tbase = l.tbase;
+    lane_starts(nstreams, lanes, start);
+    const int64_t max_steps = nstreams ? steps[0] : 0;
     int64_t read = 0, live = nstreams, live_next = nstreams;
-    for (int64_t t = 0; t < l.max_steps; t++) {
-        const int64_t a = alive_at(&l, t, &live);
-        const int64_t refill = alive_at(&l, t + 1, &live_next);
-        for (int64_t j = 0; j < a; j++) {
-            uint64_t b = buf[j];
-            int64_t n = bits[j];
-            const uint16_t e = tab[tbase[j] + ((b >> (n - HUFF_MAX_LEN)) & HUFF_MASK)];
-            const int64_t p = pos[j];
-            if ((uint64_t)p >= (uint64_t)out_len) return -2;
-            out[p] = (uint8_t)e;
-            pos[j] = p + step_stride[j];
-            n -= e >> 8;
-            if (j < refill && n < HUFF_MAX_LEN) {
-                if (read >= nwords) return -1;
-                b = (b << HUFF_WORD_BITS) | words[read++];
-                n += HUFF_WORD_BITS;
-                buf[j] = b;
+    for (int64_t t = 0; t < max_steps; t++) {
+        live = live_at(t, live, steps);
+        live_next = live_at(t + 1, live_next, steps);
+        for (int64_t k = 0; k < live; k++) {
+            uint64_t *bs = buf + start[k];
+            int64_t *ns = bits + start[k];
+            const uint16_t *tb = tab + k * TABLE_SIZE;
+            const int64_t n = lanes[k], step = stride[k], first = dest[k] + t * n * step;
+            const int refill = k < live_next;
+            if (first < 0 || (uint64_t)(first + (n - 1) * step) >= (uint64_t)out_len) return -2;
+            uint8_t *o = out + first;
+            for (int64_t j = 0; j < n; j++) {
+                uint64_t b = bs[j];
+                int64_t m = ns[j];
+                const uint16_t e = tb[(b >> (m - HUFF_MAX_LEN)) & HUFF_MASK];
+                o[j * step] = (uint8_t)e;
+                m -= e >> 8;
+                if (refill && m < HUFF_MAX_LEN) {
+                    if (read >= nwords) return -1;
+                    b = (b << HUFF_WORD_BITS) | words[read++];
+                    m += HUFF_WORD_BITS;
+                    bs[j] = b;
+                }
+                ns[j] = m;
             }
-            bits[j] = n;
         }
     }
     return read;

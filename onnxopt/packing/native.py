@@ -62,8 +62,8 @@ def _batch_args(batch: LaneBatch, scratch: np.ndarray) -> tuple[int, ...]:
 
 
 def _scratch(batch: LaneBatch) -> np.ndarray:
-    """Room for the C loops to lay out the batch's lanes (three int64s per lane, one per stream, one)."""
-    return np.empty(3 * batch.total_lanes + len(batch.ordered) + 1, dtype=np.int64)
+    """Room for the C loops' lane layout: where each stream's lanes start (one int64 per stream, and one)."""
+    return np.empty(len(batch.ordered) + 1, dtype=np.int64)
 
 
 def rans_header(view: memoryview, lanes: int) -> tuple[int, np.ndarray, np.ndarray] | None:
