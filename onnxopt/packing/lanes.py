@@ -10,8 +10,8 @@ for the hundreds of small tensors of a real model. Instead *all* streams of a fi
 together: the lanes of every stream form one array, sorted so that streams with more steps come
 first; at step ``t`` the lanes still working are a prefix. A step costs about fifteen numpy calls
 over the live lanes, whatever the number of tensors. (With the compiled loops of ``_lanes.c``, see
-native.py, the same batch layout is walked lane by lane in C; this numpy form is the reference and
-the fallback.)
+native.py, the same batch is walked symbol by symbol in C, step by step and within a step stream by
+stream, in the same global lane order; this numpy form is the reference and the fallback.)
 
 The renormalization words of all streams of one coder live in one section of the file, in exactly
 the order this decoder reads them (step by step, lanes in global order), so a refill is a slice.
