@@ -1291,7 +1291,7 @@ def test_damaged_rans_headers_get_the_same_verdict_with_and_without_the_compiled
     data = pack_model(model, codecs=["rans"]).data
     raw = _index_raw(data)
     outcomes = set()
-    for trial in range(60):
+    for _ in range(60):
         damaged = bytearray(raw)
         at = int(rng.integers(len(raw)))
         damaged[at] = (damaged[at] + int(rng.integers(1, 256))) % 256

@@ -42,6 +42,15 @@ static int64_t live_at(int64_t t, int64_t live, const int64_t *steps) {
     return live;
 }
 
+/* Where stream k's lanes write at step t (lane j at o[j * stride[k]]), or NULL when any of those bytes
+   would fall outside out (a corrupt file). */
+static uint8_t *step_output(int64_t k, int64_t t, const int64_t *lanes, const int64_t *dest, const int64_t *stride,
+                            uint8_t *out, int64_t out_len) {
+    const int64_t n = lanes[k], step = stride[k], first = dest[k] + t * n * step;
+    if (first < 0 || (uint64_t)(first + (n - 1) * step) >= (uint64_t)out_len) return NULL;
+    return out + first;
+}
+
 /* Returns the number of words read, -1 if the word section ran out, -2 if an output index is outside out. */
 int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
                     const int64_t *stride, int64_t *start, uint32_t *x, const uint32_t *tab,
@@ -55,10 +64,10 @@ int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps
         for (int64_t k = 0; k < live; k++) {
             uint32_t *xs = x + start[k];
             const uint32_t *tb = tab + k * TABLE_SIZE;
-            const int64_t n = lanes[k], step = stride[k], first = dest[k] + t * n * step;
+            const int64_t n = lanes[k], step = stride[k];
             const int refill = k < live_next;
-            if (first < 0 || (uint64_t)(first + (n - 1) * step) >= (uint64_t)out_len) return -2;
-            uint8_t *o = out + first;
+            uint8_t *o = step_output(k, t, lanes, dest, stride, out, out_len);
+            if (o == NULL) return -2;
             for (int64_t j = 0; j < n; j++) {
                 uint32_t s = xs[j];
                 const uint32_t e = tb[s & RANS_MASK];
@@ -173,10 +182,10 @@ int64_t huffman_decode(int64_t nstreams, const int64_t *lanes, const int64_t *st
             uint64_t *bs = buf + start[k];
             int64_t *ns = bits + start[k];
             const uint16_t *tb = tab + k * TABLE_SIZE;
-            const int64_t n = lanes[k], step = stride[k], first = dest[k] + t * n * step;
+            const int64_t n = lanes[k], step = stride[k];
             const int refill = k < live_next;
-            if (first < 0 || (uint64_t)(first + (n - 1) * step) >= (uint64_t)out_len) return -2;
-            uint8_t *o = out + first;
+            uint8_t *o = step_output(k, t, lanes, dest, stride, out, out_len);
+            if (o == NULL) return -2;
             for (int64_t j = 0; j < n; j++) {
                 uint64_t b = bs[j];
                 int64_t m = ns[j];
