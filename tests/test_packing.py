@@ -1422,15 +1422,18 @@ def test_ort_session_on_constant_and_if_model():
     np.testing.assert_array_equal(ref[0], got[0])
 
 
-def test_a_slow_decoding_payload_must_win_by_the_lzma_margin():
-    options = PackOptions(lzma_margin=0.02)
+def test_a_slow_decoding_payload_must_win_by_its_margin():
     fast = Coded(Codec.BROTLI, bulk=bytes(1000))
-    assert not cheaper(Coded(Codec.LZMA, bulk=bytes(985), slow=True), fast, options)  # 1.5% smaller: not enough
-    assert cheaper(Coded(Codec.LZMA, bulk=bytes(975), slow=True), fast, options)
-    assert cheaper(Coded(Codec.LZMA, bulk=bytes(985)), fast, options)  # small payloads: plain size
-    slow_best = Coded(Codec.GROUPS, bulk=bytes(1000), slow=True)  # the margin counts from either side
-    assert cheaper(Coded(Codec.BROTLI, bulk=bytes(1015)), slow_best, options)
-    assert not cheaper(Coded(Codec.BROTLI, bulk=bytes(1025)), slow_best, options)
+    assert not cheaper(Coded(Codec.LZMA, bulk=bytes(985), margin=0.02), fast)  # 1.5% smaller: not enough
+    assert cheaper(Coded(Codec.LZMA, bulk=bytes(975), margin=0.02), fast)
+    assert cheaper(Coded(Codec.LZMA, bulk=bytes(985)), fast)  # no margin (small payloads): plain size
+    slow_best = Coded(Codec.GROUPS, bulk=bytes(1000), margin=0.02)  # the margin counts from either side
+    assert cheaper(Coded(Codec.BROTLI, bulk=bytes(1015)), slow_best)
+    assert not cheaper(Coded(Codec.BROTLI, bulk=bytes(1025)), slow_best)
+    # two slow ones: each counts its own margin (LZMA 2% against brotli-11's 1%)
+    eleven = Coded(Codec.BROTLI, bulk=bytes(1000), margin=0.01)
+    assert not cheaper(Coded(Codec.LZMA, bulk=bytes(995), margin=0.02), eleven)
+    assert cheaper(Coded(Codec.LZMA, bulk=bytes(985), margin=0.02), eleven)
 
 
 def _lz_friendly_int8(rows: int, cols: int, seed: int) -> np.ndarray:
@@ -1445,21 +1448,38 @@ def _lz_friendly_int8(rows: int, cols: int, seed: int) -> np.ndarray:
 
 
 def test_lzma_needs_its_margin_over_every_other_candidate():
-    """Above lzma_margin_min_bytes an LZMA payload is marked slow and loses to a fast one within the
-    margin, wherever that candidate comes from; at or below it, the smaller payload wins."""
+    """Above slow_min_bytes an LZMA payload carries lzma_margin and loses to a fast one within it,
+    wherever that candidate comes from; at or below it, the smaller payload wins."""
     rng = np.random.default_rng(3)
     w = np.where(rng.random((6000, 4)) < 0.1, rng.integers(-127, 128, (6000, 4)), 0).astype(np.int8)  # 24 KB
     lz = frozenset({"raw", "zlib", "lzma", "groups"})
     free = choose(w.tobytes(), 1, PackOptions(codecs=lz, lzma_margin=0.0), shape=w.shape)
     never = choose(w.tobytes(), 1, PackOptions(codecs=lz, lzma_margin=10.0), shape=w.shape)
-    assert "lzma" in free.label and free.slow and free.size < never.size
-    assert "lzma" not in never.label and not never.slow
+    assert "lzma" in free.label and free.margin == 0.0 and free.size < never.size
+    assert "lzma" not in never.label and never.margin == 0.0
     assert decode_alone(never, w.nbytes, LIMITS) == decode_alone(free, w.nbytes, LIMITS) == w.tobytes()
     lzma_only = choose(w.tobytes(), 1, PackOptions(codecs=frozenset({"raw", "lzma"}), lzma_margin=0.5))
-    assert lzma_only.codec is Codec.LZMA and lzma_only.slow  # (raw is far larger even with the margin)
-    small = _lz_friendly_int8(1000, 4, seed=4)  # 4 KB: below lzma_margin_min_bytes
+    assert lzma_only.codec is Codec.LZMA and lzma_only.margin == 0.5  # (raw is far larger even so)
+    small = _lz_friendly_int8(1000, 4, seed=4)  # 4 KB: below slow_min_bytes
     coded = choose(small.tobytes(), 1, PackOptions(codecs=frozenset({"raw", "lzma"}), lzma_margin=10.0))
-    assert coded.codec is Codec.LZMA and not coded.slow
+    assert coded.codec is Codec.LZMA and coded.margin == 0.0
+
+
+def test_brotli_at_a_fast_quality_unless_quality_11_wins_by_its_margin():
+    """brotli's quality 10-11 (literal context modelling, about 2x slower to decode) carries brotli_margin
+    above slow_min_bytes; the fast qualities are tried beside it and decode as any brotli payload."""
+    rng = np.random.default_rng(9)
+    w = np.clip(np.round(rng.standard_normal(40000) * 9), -127, 127).astype(np.int8).tobytes()
+    only = frozenset({"raw", "brotli"})
+    fast = choose(w, 1, PackOptions(codecs=only, brotli_margin=1.0))
+    assert fast.codec is Codec.BROTLI and fast.label.startswith("brotli-q") and fast.margin == 0.0
+    assert decode_alone(fast, len(w), LIMITS) == w
+    eleven = choose(w, 1, PackOptions(codecs=only, brotli_fast_qualities=()))
+    assert eleven.label == "brotli" and eleven.margin == PackOptions().brotli_margin
+    chosen = choose(w, 1, PackOptions(codecs=only))  # the rule: quality 11 only if 1% smaller
+    assert chosen.label == ("brotli" if eleven.size * 1.01 < fast.size else fast.label)
+    small = choose(w[:8000], 1, PackOptions(codecs=only, brotli_fast_qualities=()))
+    assert small.label == "brotli" and small.margin == 0.0  # below slow_min_bytes
 
 
 def test_lz_tries_the_tensor_with_its_last_axis_outermost(monkeypatch):

@@ -40,11 +40,13 @@ inside the compressed index, where similar tables of many tensors compress toget
 Plane codecs (``PlaneCodec``): RAW (bytes in bulk), CONST (meta: the one byte value), RANS and
 HUFFMAN (meta: the stream header; the words are in the file's shared word sections, see lanes.py).
 
-Selection keeps the smallest candidate, with two speed-aware exceptions (each a PackOptions knob):
-Huffman must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass) and an LZMA
-payload above 16 KB must beat the rest by 2% (it unpacks literal-heavy data at a few tens of MB/s):
-such a payload is marked ``Coded.slow`` and every comparison (:func:`cheaper`) counts it 2% larger,
-whichever candidate it meets, LZMA over grouped rows against plain brotli included. Trials are pruned: plane
+Selection keeps the smallest candidate, with speed-aware exceptions (each a PackOptions knob): Huffman
+must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass), and above 16 KB the
+slow-decoding payloads must be clearly smaller: LZMA by 2% (it unpacks literal-heavy data at a few tens
+of MB/s) and brotli at quality 10-11 by 1% (its literal context modelling decodes int8 data about 2x
+slower than quality 9 or 5, which are tried too). Such a payload carries its ``Coded.margin`` and every
+comparison (:func:`cheaper`) counts it that much larger, whichever candidate it meets, LZMA over
+grouped rows against plain brotli included. Trials are pruned: plane
 coder sizes are estimated from histograms (within ~0.1% of the real size), so only the chosen coder
 runs; planes whose entropy leaves no room are stored raw at once; LZ codecs on large tensors are
 tried on a sample first, and LZMA only where zlib came close (brotli too, on multi-byte elements).
@@ -139,14 +141,20 @@ class PackOptions:
     lzma_preset: int = 9
     #: LZMA is tried only where zlib came within this factor of the best codec so far
     lzma_probe: float = 1.08
-    #: LZMA must beat the best other codec by this fraction (it unpacks several times slower) ...
+    #: above slow_min_bytes, LZMA must beat the best other codec by this fraction: it decodes literal-
+    #: heavy int8 data at 25-90 MB/s, brotli at 100-300 (silero's 49.5 KB encoder weights: 0.54 vs 0.23 ms)
     lzma_margin: float = 0.02
-    #: ... on payloads larger than this. LZMA decodes literal-heavy int8 data at 25-90 MB/s, brotli at
-    #: 200-300: on silero's 49.5 KB encoder weights LZMA took 0.54 ms, brotli 0.23 ms
-    lzma_margin_min_bytes: int = 1 << 14
+    #: above slow_min_bytes, brotli at quality 10-11 must beat the rest by this fraction: its literal context
+    #: modelling decodes int8 weights about 2x slower than brotli_fast_qualities (silero's 64 KB LSTM
+    #: weights: 518 vs 245 us, and quality 5 was 19 bytes smaller)
+    brotli_margin: float = 0.01
+    #: payloads up to this size take the smallest candidate whatever its decoding speed
+    slow_min_bytes: int = 1 << 14
     #: up to this size LZMA is also tried without literal context (lc=lp=pb=0)
     lzma_small_bytes: int = 1 << 16
     brotli_quality: int = 11
+    #: brotli is also tried at these qualities (no literal context modelling: decodes about 2x faster)
+    brotli_fast_qualities: tuple[int, ...] = (9, 5)
     #: brotli is tried on multi-byte elements only where zlib came within this factor of the best
     brotli_probe: float = 1.03
     #: at most this many lockstep steps per stream: small planes get extra lanes so that the model's
@@ -200,7 +208,7 @@ class Coded:
     label: str = ""
     hists: list[np.ndarray] | None = None  # byte-plane histograms of the data, when computed
     stream: int = 0  # CHUNKS: bytes already written to the file's stream section (bulk and words)
-    slow: bool = False  # decoded by LZMA and larger than PackOptions.lzma_margin_min_bytes (see cheaper)
+    margin: float = 0.0  # how much larger it counts when compared (slow to decode: see cheaper)
 
     @property
     def size(self) -> int:
@@ -212,13 +220,10 @@ class Coded:
 # --------------------------------------------------------------------------- encoding
 
 
-def cheaper(candidate: Coded, best: Coded, options: PackOptions) -> bool:
-    """Whether ``candidate`` should replace ``best``: smaller, where a slow-decoding side (``Coded.slow``)
-    counts ``lzma_margin`` larger than it is."""
-    def cost(c: Coded) -> float:
-        return c.size * (1.0 + options.lzma_margin) if c.slow else c.size
-
-    return cost(candidate) < cost(best)
+def cheaper(candidate: Coded, best: Coded) -> bool:
+    """Whether ``candidate`` should replace ``best``: smaller, each counted ``Coded.margin`` larger than it
+    is (a slow-decoding payload must win clearly)."""
+    return candidate.size * (1.0 + candidate.margin) < best.size * (1.0 + best.margin)
 
 
 def _lzma_filters(dict_log2: int) -> list[dict]:
@@ -382,7 +387,7 @@ def _try_groups(
         saved, row_bytes, transposed, ids = plan
         if saved >= max(16.0, options.group_min_gain * best.size):
             coded = code_groups(arr, itemsize, row_bytes, transposed, ids, options)
-            if cheaper(coded, best, options):
+            if cheaper(coded, best):
                 best = coded
         # the same rows in group order as one LZ payload: similar rows side by side help LZ and brotli
         best = _lz_rows(arr, itemsize, row_bytes, transposed, ids, best, options)
@@ -419,9 +424,9 @@ def _lz_rows(arr: np.ndarray, itemsize: int, row_bytes: int, transposed: bool, i
     meta += groups.pack_ids(ids, k)
     meta.append(inner.codec)
     meta += inner.meta
-    coded = Coded(Codec.GROUPS, bytes(meta), inner.bulk, inner.rans, inner.huffman, slow=inner.slow)
+    coded = Coded(Codec.GROUPS, bytes(meta), inner.bulk, inner.rans, inner.huffman, margin=inner.margin)
     coded.label = f"groups[{k}{'T' if transposed else ''}x{row_bytes // itemsize}]:{inner.label}"
-    return coded if cheaper(coded, best, options) else best
+    return coded if cheaper(coded, best) else best
 
 
 def choose(
@@ -444,7 +449,7 @@ def choose(
     if options.codecs & {"rans", "huffman"}:
         planes = code_planes(arr, itemsize, options)
         hists = planes.hists
-        if cheaper(planes, best, options):
+        if cheaper(planes, best):
             best = planes
     if "groups" in options.codecs and len(data) >= options.group_min_bytes:
         # (without rans/huffman only the rows-in-group-order LZ payload can win: groups of raw planes don't)
@@ -493,16 +498,22 @@ def choose(
         size = len(meta) + len(bulk)
         if name == "zlib":
             zlib_ratio = size / min(best.size, limit)
-        # LZMA decodes literal-heavy data at a few tens of MB/s: it has to be clearly smaller
-        slow = name == "lzma" and len(data) > options.lzma_margin_min_bytes
-        coded = Coded(_LZ_CODECS[name], meta, bulk, label=name, slow=slow)
-        if cheaper(coded, best, options):
-            best = coded
+        slow = len(data) > options.slow_min_bytes
+        context_modelling = options.brotli_quality >= 10  # (brotli's literal context modelling)
+        margins = {"lzma": options.lzma_margin, "brotli": options.brotli_margin if context_modelling else 0.0}
+        margin = margins.get(name, 0.0) if slow else 0.0
+        candidates = [Coded(_LZ_CODECS[name], meta, bulk, label=name, margin=margin)]
+        if name == "brotli":
+            candidates += [Coded(Codec.BROTLI, b"", _brotli_at(data, q), label=f"brotli-q{q}")
+                           for q in options.brotli_fast_qualities]
+        for coded in candidates:
+            if cheaper(coded, best):
+                best = coded
     if hists is None:
         hists = plane_histograms(arr, itemsize)
     if "split" in options.codecs and itemsize > 1 and len(data) <= options.split_max_bytes:
         split = code_split(data, itemsize, options, hists)
-        if cheaper(split, best, options):
+        if cheaper(split, best):
             best = split
     best.hists = hists
     return best
@@ -682,9 +693,13 @@ def _lz(name: str, data: bytes, options: PackOptions) -> tuple[bytes, bytes]:
     if name == "zlib":
         return b"", zlib.compress(data, 9)
     if name == "brotli":
-        lgwin = max(10, min(24, math.ceil(math.log2(max(len(data), 1)))))
-        return b"", _brotli.compress(data, quality=options.brotli_quality, lgwin=lgwin)
+        return b"", _brotli_at(data, options.brotli_quality)
     return _lzma_encode(data, options.lzma_preset)
+
+
+def _brotli_at(data: bytes, quality: int) -> bytes:
+    lgwin = max(10, min(24, math.ceil(math.log2(max(len(data), 1)))))
+    return _brotli.compress(data, quality=quality, lgwin=lgwin)
 
 
 # --------------------------------------------------------------------------- decoding
