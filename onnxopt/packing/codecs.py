@@ -42,11 +42,12 @@ HUFFMAN (meta: the stream header; the words are in the file's shared word sectio
 
 Selection keeps the smallest candidate, with speed-aware exceptions (each a PackOptions knob): Huffman
 must beat rANS by 2% (every coder in use costs the unpacker one lockstep pass), and above 16 KB the
-slow-decoding payloads must be clearly smaller: LZMA by 2% (it unpacks literal-heavy data at a few tens
-of MB/s) and brotli at quality 10-11 by 1% (its literal context modelling decodes int8 data about 2x
-slower than quality 9 or 5, which are tried too). Such a payload carries its ``Coded.margin`` and every
-comparison (:func:`cheaper`) counts it that much larger, whichever candidate it meets, LZMA over
-grouped rows against plain brotli included. Trials are pruned: plane
+slow-decoding payloads must be clearly smaller. LZMA (it unpacks literal-heavy data at a few tens of
+MB/s) must beat every other candidate by 2%: its payload carries ``Coded.margin`` and every comparison
+(:func:`cheaper`) counts it that much larger, LZMA over grouped rows against plain brotli included.
+brotli at quality 11 must beat brotli at quality 9 or 5 by 1% (its literal context modelling decodes
+int8 data about 2x slower); rANS and zlib decode such data no faster than brotli-11, so against them
+brotli competes on size. Trials are pruned: plane
 coder sizes are estimated from histograms (within ~0.1% of the real size), so only the chosen coder
 runs; planes whose entropy leaves no room are stored raw at once; LZ codecs on large tensors are
 tried on a sample first, and LZMA only where zlib came close (brotli too, on multi-byte elements).
@@ -144,9 +145,9 @@ class PackOptions:
     #: above slow_min_bytes, LZMA must beat the best other codec by this fraction: it decodes literal-
     #: heavy int8 data at 25-90 MB/s, brotli at 100-300 (silero's 49.5 KB encoder weights: 0.54 vs 0.23 ms)
     lzma_margin: float = 0.02
-    #: above slow_min_bytes, brotli at quality 10-11 must beat the rest by this fraction: its literal context
-    #: modelling decodes int8 weights about 2x slower than brotli_fast_qualities (silero's 64 KB LSTM
-    #: weights: 518 vs 245 us, and quality 5 was 19 bytes smaller)
+    #: above slow_min_bytes, brotli at quality 10-11 must beat brotli_fast_qualities by this fraction: its
+    #: literal context modelling decodes int8 weights about 2x slower (silero's 64 KB LSTM weights: 518 vs
+    #: 245 us, and quality 5 was 19 bytes smaller)
     brotli_margin: float = 0.01
     #: payloads up to this size take the smallest candidate whatever its decoding speed
     slow_min_bytes: int = 1 << 14
@@ -499,16 +500,12 @@ def choose(
         if name == "zlib":
             zlib_ratio = size / min(best.size, limit)
         slow = len(data) > options.slow_min_bytes
-        context_modelling = options.brotli_quality >= 10  # (brotli's literal context modelling)
-        margins = {"lzma": options.lzma_margin, "brotli": options.brotli_margin if context_modelling else 0.0}
-        margin = margins.get(name, 0.0) if slow else 0.0
-        candidates = [Coded(_LZ_CODECS[name], meta, bulk, label=name, margin=margin)]
+        margin = options.lzma_margin if slow and name == "lzma" else 0.0
+        coded = Coded(_LZ_CODECS[name], meta, bulk, label=name, margin=margin)
         if name == "brotli":
-            candidates += [Coded(Codec.BROTLI, b"", _brotli_at(data, q), label=f"brotli-q{q}")
-                           for q in options.brotli_fast_qualities]
-        for coded in candidates:
-            if cheaper(coded, best):
-                best = coded
+            coded = _brotli_quality(coded, data, slow, options)
+        if cheaper(coded, best):
+            best = coded
     if hists is None:
         hists = plane_histograms(arr, itemsize)
     if "split" in options.codecs and itemsize > 1 and len(data) <= options.split_max_bytes:
@@ -695,6 +692,19 @@ def _lz(name: str, data: bytes, options: PackOptions) -> tuple[bytes, bytes]:
     if name == "brotli":
         return b"", _brotli_at(data, options.brotli_quality)
     return _lzma_encode(data, options.lzma_preset)
+
+
+def _brotli_quality(coded: Coded, data: bytes, slow: bool, options: PackOptions) -> Coded:
+    """brotli at ``options.brotli_quality`` (``coded``) or at one of the fast qualities: with literal context
+    modelling (quality 10-11) brotli decodes int8 weights about 2x slower, so above slow_min_bytes it must
+    be ``brotli_margin`` smaller than the fast qualities' best to be kept. (Against the other codecs the
+    brotli payload then competes on size: rANS and zlib decode such data no faster than brotli-11.)"""
+    fast = [Coded(Codec.BROTLI, bulk=_brotli_at(data, q), label=f"brotli-q{q}") for q in options.brotli_fast_qualities]
+    if not fast:
+        return coded
+    quickest = min(fast, key=lambda c: c.size)
+    margin = options.brotli_margin if slow and options.brotli_quality >= 10 else 0.0
+    return coded if coded.size * (1.0 + margin) < quickest.size else quickest
 
 
 def _brotli_at(data: bytes, quality: int) -> bytes:
