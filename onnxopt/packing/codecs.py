@@ -379,7 +379,8 @@ def _try_groups(
     arr: np.ndarray, itemsize: int, shape: Sequence[int] | None, best: Coded, options: PackOptions
 ) -> Coded:
     plan: tuple[float, int, bool, np.ndarray] | None = None
-    for row_bytes, transposed in _row_layouts(arr.size, itemsize, shape, options):
+    layouts = _row_layouts(arr.size, itemsize, shape, options)
+    for row_bytes, transposed in layouts:
         rows = arr.size // row_bytes
         ids, saved = groups.plan(groups.grouped_view(arr[: rows * row_bytes], itemsize, rows, transposed), itemsize)
         if ids is not None and (plan is None or saved > plan[0]):
@@ -393,7 +394,7 @@ def _try_groups(
         # the same rows in group order as one LZ payload: similar rows side by side help LZ and brotli
         best = _lz_rows(arr, itemsize, row_bytes, transposed, ids, best, options)
     if options.layout_lz and arr.size <= options.lz_full_trial_bytes:
-        for row_bytes, transposed in _row_layouts(arr.size, itemsize, shape, options):
+        for row_bytes, transposed in layouts:
             rows = arr.size // row_bytes
             if transposed and rows >= 2:
                 # the tensor with its last axis outermost, rows in their own order (two groups: row 0
@@ -487,6 +488,7 @@ def choose(
                 kept.append(name)
         lz = kept
     zlib_ratio = 0.0
+    slow = len(data) > options.slow_min_bytes
     for name in lz:
         if skip(name, zlib_ratio):
             continue
@@ -499,7 +501,6 @@ def choose(
         size = len(meta) + len(bulk)
         if name == "zlib":
             zlib_ratio = size / min(best.size, limit)
-        slow = len(data) > options.slow_min_bytes
         margin = options.lzma_margin if slow and name == "lzma" else 0.0
         coded = Coded(_LZ_CODECS[name], meta, bulk, label=name, margin=margin)
         if name == "brotli":

@@ -523,7 +523,7 @@ def _deflate_best(data: bytes, lzma_margin: float) -> tuple[int, bytes]:
 #: record tag bits: kind in bits 0-2, codec in bits 3-6, and this flag when raw_len is written out
 EXPLICIT_LEN = 0x80
 INT_KINDS = (Kind.INT32_DATA, Kind.INT64_DATA, Kind.UINT64_DATA)
-_REF, _SLICE = int(Codec.REF), int(Codec.SLICE)  # (plain ints: compared once per record)
+_REF, _SLICE, _CHUNKS = int(Codec.REF), int(Codec.SLICE), int(Codec.CHUNKS)  # (plain ints: compared per record)
 _KIND_OF_TAG = tuple(Kind(k) if k in Kind._value2member_map_ else None for k in range(8))  # (Kind(k) is slow)
 #: the tags of bundle slices of byte kinds (no explicit length): nearly every record of a model with many
 #: small tensors; by tag, the kind and the wire tag of the field it fills
@@ -772,7 +772,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     if head.metadata_crc(skeleton, index_raw) != head.crc:
         raise CorruptPackError("checksum mismatch in the trailer, the model skeleton or the tensor index")
     records = _read_index(index_raw, head.records, skeleton, limits)
-    if sum(rec.packed_len for rec in records if rec.codec == Codec.CHUNKS) != head.stream_bytes:
+    if sum(rec.packed_len for rec in records if rec.codec == _CHUNKS) != head.stream_bytes:
         raise CorruptPackError("tensor records do not add up to the stream section")
     total = sum(rec.raw_len for rec in records)
     if total > limits.max_total_bytes:
@@ -794,7 +794,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
                                       or records[rec.ref].kind != rec.kind):
                 raise CorruptPackError(f"{names[i]}: bad reference to record {rec.ref}")
             continue
-        bulk = (stream if rec.codec == Codec.CHUNKS else r).take(rec.packed_len)
+        bulk = (stream if rec.codec == _CHUNKS else r).take(rec.packed_len)
         try:
             p = parse_payload(rec.codec, rec.meta, bulk, rec.raw_len, f"tensor record {i}", limits, rec.bundle_len)
         except CorruptPackError as exc:  # (named only now: naming parses the model)
