@@ -33,11 +33,14 @@ from onnxopt.packing import groups as group_ids
 from onnxopt.packing.codecs import Codec, Coded, cheaper, choose, code_groups, decode_alone
 from onnxopt.packing.entropy import counts, entropy_bits, plane_bound_bytes
 from onnxopt.packing.format import (
+    FORMAT_VERSION,
     LIMITS,
     MAGIC,
     PREFIX,
     PREFIX_SIZE,
     SKELETON_BROTLI,
+    SKELETON_DEFLATE,
+    SKELETON_LZMA,
     SKELETON_ZLIB,
     CorruptPackError,
     Header,
@@ -1075,6 +1078,8 @@ def _inflated(blob: bytes, codec: int) -> bytes:
         import brotli
 
         return brotli.decompress(blob)
+    if codec == SKELETON_DEFLATE:
+        return zlib.decompress(blob, -15)
     return zlib.decompress(blob) if codec == SKELETON_ZLIB else lzma.decompress(blob)
 
 
@@ -1103,10 +1108,35 @@ def test_bad_magic_and_version(small_pack):
     with pytest.raises(BadModelError, match="format version 99"):
         unpack_model(bytes(future))
     future[len(MAGIC)] = 4  # the previous layout (a fixed 92-byte header)
-    with pytest.raises(BadModelError, match=r"format version 4 is not supported \(this onnxopt reads version 5\)"):
+    with pytest.raises(BadModelError, match=r"format version 4 is not supported \(this onnxopt reads versions 5, 6\)"):
         unpack_model(bytes(future))
     assert not is_packed(b"\x08\x07")
     assert is_packed(data)
+
+
+def test_version_5_files_still_unpack(small_pack):
+    """Version 6 only added raw deflate for the skeleton and index: a version 5 file (zlib sections)
+    restores to the same model, and a version 5 file would have no other difference."""
+    model, data = small_pack
+    head, *_ = _sections(data)
+    assert FORMAT_VERSION == 6 and {head.section_codecs & 15, head.section_codecs >> 4} <= {
+        SKELETON_DEFLATE, SKELETON_BROTLI, SKELETON_LZMA}
+    old = bytearray(_rebuild(data, index=_index_raw(data), skeleton_raw=_skeleton_raw(data)))
+    assert read_header(bytes(old)).section_codecs == SKELETON_ZLIB | SKELETON_ZLIB << 4
+    old[len(MAGIC)] = 5
+    assert unpack_model(bytes(old)).SerializeToString() == model.SerializeToString()
+
+
+def test_sections_use_raw_deflate_without_zlibs_header():
+    """Where deflate codes a section best, the file holds the raw stream: zlib's six bytes less."""
+    from onnxopt.packing.pack import _deflate_best
+
+    # a small model's index: a bundle record, then slice records (tag, skip, bundle number)
+    data = bytes.fromhex("29000202 0de329f1 09adce2a 00010060 eb941bd8") + bytes([0x31, 0, 0]) * 10
+    codec, blob = _deflate_best(data, 0.02)
+    assert codec == SKELETON_DEFLATE
+    assert len(blob) == len(zlib.compress(data, 9)) - 6
+    assert zlib.decompress(blob, -15) == data
 
 
 def test_trailer_checksum(small_pack):
@@ -1358,7 +1388,7 @@ def test_bad_model_error_has_exit_code_2(small_pack):
 def test_container_layout(small_pack):
     """Magic and version first, the varint trailer last: a small model's fixed cost is under 32 bytes."""
     _, data = small_pack
-    assert MAGIC + bytes([5]) == PREFIX and data.startswith(PREFIX)
+    assert MAGIC + bytes([6]) == PREFIX and data.startswith(PREFIX)
     head = read_header(data)
     assert data[-1] == head.trailer_bytes - 1
     assert head.trailer_bytes == len(head.field_bytes()) + 4 + 1
@@ -1500,11 +1530,10 @@ def test_lz_tries_the_tensor_with_its_last_axis_outermost(monkeypatch):
 
 def test_metadata_sections_take_lzma_only_when_clearly_smaller():
     """The skeleton and index use LZMA (slow to decode) only when it beats zlib/brotli by lzma_margin."""
-    from onnxopt.packing.format import SKELETON_LZMA
-    from onnxopt.packing.pack import _deflate_best
+    from onnxopt.packing.pack import _deflate_best, _raw_deflate
 
     data = mlp_model(hidden=64).SerializeToString()
-    sizes = {len(zlib.compress(data, 9)), len(lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9))}
+    sizes = {len(_raw_deflate(data)), len(lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9))}
     codec0, blob0 = _deflate_best(data, 0.0)
     assert len(blob0) <= min(sizes)  # no margin: the smallest of the three
     codec1, blob1 = _deflate_best(data, 1.0)

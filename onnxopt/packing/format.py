@@ -36,16 +36,23 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"ONNXOPTPK"
-FORMAT_VERSION = 5  # 2: index records without data type and shape (the skeleton's); 3: stream section;
+FORMAT_VERSION = 6  # 2: index records without data type and shape (the skeleton's); 3: stream section;
 #                     4: the skeleton is the serialized model with its payloads cut out (wire.py);
-#                     5: a varint trailer instead of a fixed header (92 bytes with the magic)
+#                     5: a varint trailer instead of a fixed header (92 bytes with the magic);
+#                     6: raw deflate for the skeleton and index (SKELETON_DEFLATE)
+#: versions this reader accepts: version 6 only adds a section codec, so version 5 files read as before
+READABLE_VERSIONS = (5, 6)
 
 PREFIX = MAGIC + bytes([FORMAT_VERSION])  # the magic and the version; everything else the trailer says
 PREFIX_SIZE = len(PREFIX)
 
-SKELETON_ZLIB = 1
+SKELETON_ZLIB = 1  # (read only: version 5 wrote it; raw deflate is the same stream without zlib's 6 bytes)
 SKELETON_LZMA = 2
 SKELETON_BROTLI = 3
+#: deflate without zlib's header and Adler-32 (the trailer's CRC32 already covers both sections): 6
+#: bytes less than zlib, a sixth of a small model's index (MTCNN P-net: 39 -> 33 bytes)
+SKELETON_DEFLATE = 4
+SECTION_CODECS = (SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI, SKELETON_DEFLATE)
 
 
 class CorruptPackError(ValueError):
@@ -210,9 +217,10 @@ def check_prefix(data: bytes | memoryview) -> None:
     if len(data) < PREFIX_SIZE:
         raise CorruptPackError("truncated before the format version")
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptPackError(
-            f"format version {version} is not supported (this onnxopt reads version {FORMAT_VERSION})"
+            f"format version {version} is not supported (this onnxopt reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
 
 
@@ -233,7 +241,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     head = Header(**values, crc=int.from_bytes(data[-5:-1], "little"), trailer_bytes=length + 1)
     if head.flags != 0:
         raise CorruptPackError(f"unknown trailer flags {head.flags:#x}")
-    if {head.section_codecs & 15, head.section_codecs >> 4} - {SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI}:
+    if {head.section_codecs & 15, head.section_codecs >> 4} - set(SECTION_CODECS):
         raise CorruptPackError(f"unknown skeleton/index codec {head.section_codecs:#x}")
     if head.records > limits.max_records:
         raise CorruptPackError(f"trailer declares {head.records} tensor records (limit {limits.max_records})")
