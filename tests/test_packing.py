@@ -7,6 +7,7 @@ import json
 import lzma
 import os
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -640,6 +641,104 @@ def test_rans_roundtrip(planes, lanes):
         assert np.array_equal(stream.carry, carry)
 
 
+def _param_table(plane: np.ndarray) -> rans.ParamTable:
+    fitted = rans.fit_param(np.bincount(plane, minlength=256))
+    assert fitted is not None
+    return fitted[1]
+
+
+@FAST
+@given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES)
+def test_rans_roundtrip_with_parametric_tables(planes, lanes):
+    """Any plane coded with a fitted parametric table (however poor the fit) comes back exactly, on the
+    compiled and on the numpy decoder."""
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        encoded = [rans.encode(p, lanes[i % 4], _param_table(p)) for i, p in enumerate(planes)]
+        for e in encoded:  # the table starts right after the lane count
+            r = Reader(e.header, "header")
+            r.uvarint()
+            assert e.header[r.pos] == rans.PARAM_MARK
+        results = _decode_both_ways(rans, encoded, [p.size for p in planes], monkeypatch) if native.available() \
+            else [_decode_streams(rans, encoded, [p.size for p in planes])]
+        for ok, decoded in results:
+            assert ok
+            for a, b in zip(planes, decoded):
+                assert np.array_equal(a, b)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (bytes([0, 10, 20, 30, 0, 200, 0]), "range 10..20 around 30 is invalid"),
+        (bytes([0, 20, 20, 20, 0, 200, 0]), "range 20..20 around 20 is invalid"),
+        (bytes([0, 10, 20, 15, 0, 200, 0x82, 0x80, 0x08]), "slope 65537 out of range"),
+        (bytes([0, 10, 20, 15, 0]), r"truncated \(needs 2 more bytes at offset 5, has 1\)"),
+    ],
+)
+def test_hostile_parametric_tables(table, message):
+    """A damaged parametric table is refused with the reason, before any table is built from it."""
+    header = bytes([2]) + table
+    with pytest.raises(CorruptPackError, match=message):
+        rans.parse(Reader(header, "rANS stream"), 100, LIMITS)
+
+
+def test_parametric_tables_only_where_the_packer_asks_and_in_bundles():
+    """choose() uses curves only with PackOptions.parametric_tables, which the packer sets for bundles
+    alone; a model whose small int8 tensors are bundled round-trips with them."""
+    rng = np.random.default_rng(8)
+    plane = np.clip(np.round(rng.laplace(0, 15, 6000)), -127, 127).astype(np.int8)
+    opts = PackOptions(codecs=frozenset({"rans", "raw"}))
+    plain = choose(plane.tobytes(), 1, opts)
+    curve = choose(plane.tobytes(), 1, replace(opts, parametric_tables=True))
+    assert plain.codec is Codec.PLANES and curve.codec is Codec.PLANES
+    assert curve.size < plain.size - 60
+    # (the byte after the lane count)
+    assert plain.rans[0].header[1] != rans.PARAM_MARK and curve.rans[0].header[1] == rans.PARAM_MARK
+    assert decode_alone(curve, plane.size, LIMITS) == plane.tobytes()
+    small = [numpy_helper.from_array(np.clip(np.round(rng.laplace(0, s, n)), -127, 127).astype(np.int8), f"k{k}")
+             for k, (s, n) in enumerate([(12, 900), (20, 1400), (9, 700), (30, 1100)])]
+    assert_roundtrip(_model(small), options=opts)
+
+
+@FAST
+@given(lo=st.integers(0, 255), hi=st.integers(0, 255), mu=st.integers(0, 255), ratio=st.integers(0, 65535),
+       slope=st.integers(-(1 << 16), 1 << 16))
+def test_parametric_table_frequencies(lo, hi, mu, ratio, slope):
+    """Every curve gives a valid 12-bit table: it sums to 4096, every symbol of lo..hi has at least 1 and
+    none outside has any, and the peak holds the most."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    if lo == hi:
+        hi = lo + 1 if lo < 255 else lo
+        lo = hi - 1
+    mu = min(max(mu, lo), hi)
+    f = rans.param_freqs(lo, hi, mu, ratio, slope)
+    inside = np.arange(lo, hi + 1) ^ 0x80
+    assert f.sum() == rans.M and (f[inside] >= 1).all() and np.count_nonzero(f) == hi - lo + 1
+    assert f[mu ^ 0x80] == f.max()
+
+
+def test_parametric_table_is_chosen_for_small_int8_planes_and_costs_a_few_bytes():
+    """On a few thousand Laplacian int8 weights the curve (7-8 header bytes) beats any explicit table
+    (over 100 bytes here) by more than the 1-2% of coded bits it gives up; on a large plane it is not tried."""
+    rng = np.random.default_rng(3)
+    plane = np.clip(np.round(rng.laplace(0, 18, 6000)), -127, 127).astype(np.int8).view(np.uint8)
+    hist = np.bincount(plane, minlength=256)
+    size, table = rans.estimate_bytes(hist, 4)
+    explicit = rans.best_table(hist)
+    assert isinstance(table, rans.ParamTable) and len(table.header()) <= 8 and rans.table_bytes(explicit) > 100
+    fitted_bits = rans.coded_bits(hist, table.freqs())
+    assert fitted_bits < 1.02 * rans.coded_bits(hist, explicit)
+    assert size < rans.coded_bits(hist, explicit) / 8 + rans.table_bytes(explicit) + 3 * 4 + 3
+    stream = rans.encode(plane, 4, table)
+    ok, (decoded,) = _decode_streams(rans, [stream], [plane.size])
+    assert ok and np.array_equal(decoded, plane)
+    big = np.tile(plane, 20)  # 120,000 symbols: above PARAM_MAX_SYMBOLS
+    assert isinstance(rans.estimate_bytes(np.bincount(big, minlength=256), 4)[1], np.ndarray)
+
+
 @FAST
 @given(planes=st.lists(_plane_strategy(), min_size=1, max_size=4), lanes=_LANES)
 def test_huffman_roundtrip(planes, lanes):
@@ -690,11 +789,13 @@ def test_compiled_and_numpy_decoders_agree(planes, lanes, damage, seed):
 
 @pytest.mark.skipif(not native.available(), reason="the compiled lane decoder is not built")
 @FAST
-@given(plane=_plane_strategy(), lanes=st.integers(1, 300), damage=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
-def test_compiled_rans_header_reader_agrees_with_the_reference(plane, lanes, damage, seed):
+@given(plane=_plane_strategy(), lanes=st.integers(1, 300), damage=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
+       param=st.booleans())
+def test_compiled_rans_header_reader_agrees_with_the_reference(plane, lanes, damage, seed, param):
     """The C header reader gives the reference reader's table, states and length on every header it
-    accepts, and refuses exactly the headers the reference refuses (which then names the fault)."""
-    header = bytearray(rans.encode(plane, lanes).header)
+    accepts, and refuses exactly the headers the reference refuses (which then names the fault), for
+    explicit and parametric tables."""
+    header = bytearray(rans.encode(plane, lanes, _param_table(plane) if param else None).header)
     r = Reader(bytes(header), "header")
     lanes = r.uvarint()
     start = r.pos

@@ -21,6 +21,8 @@
 #define HUFF_MASK ((1u << HUFF_MAX_LEN) - 1u)
 #define HUFF_WORD_BITS 32
 #define TABLE_SIZE 4096
+#define PARAM_MARK 0
+#define PARAM_MAX_SLOPE (1 << 16)
 
 /*
  * The batch, as both loops take it: nstreams streams sorted by steps (most first, lane_order in
@@ -85,67 +87,120 @@ int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps
 }
 
 /*
+ * A parametric table (rans.py: ParamTable, param_freqs): the mark byte, lo, hi, mu, the u16 ratio and the
+ * zigzag varint slope, into 12-bit frequencies by byte value (zero outside lo..hi). Integer arithmetic
+ * only, step for step as in Python, so both build the same table. Returns the bytes read or -1.
+ */
+static int64_t param_table(const uint8_t *buf, int64_t len, uint32_t *by_byte) {
+    if (len < 7) return -1;
+    const int64_t lo = buf[1], hi = buf[2], mu = buf[3], ratio = buf[4] | (int64_t)buf[5] << 8;
+    int64_t pos = 6, zz = 0;
+    int big = 0;
+    for (int shift = 0;; shift += 7) { /* (up to 10 bytes, as Reader.uvarint) */
+        if (pos >= len || shift > 63) return -1;
+        const uint8_t byte = buf[pos++];
+        if (shift < 21) zz |= (int64_t)(byte & 0x7F) << shift;
+        else if (byte & 0x7F) big = 1;
+        if (!(byte & 0x80)) break;
+    }
+    if (big || zz > 2 * PARAM_MAX_SLOPE) return -1; /* |slope| > PARAM_MAX_SLOPE */
+    const int64_t slope = (zz & 1) ? -((zz + 1) >> 1) : zz >> 1;
+    if (!(lo <= mu && mu <= hi) || lo == hi) return -1;
+    const int64_t side = (mu - lo > hi - mu) ? mu - lo : hi - mu, n = hi - lo + 1;
+    uint64_t w[256];
+    w[0] = 1ull << 24;
+    for (int64_t d = 0; d < side; d++) {
+        int64_t r = ratio - slope * d;
+        r = r < 0 ? 0 : (r > 65535 ? 65535 : r);
+        w[d + 1] = (w[d] * (uint64_t)r) >> 16;
+    }
+    uint64_t total = 0;
+    for (int64_t v = lo; v <= hi; v++) total += w[v > mu ? v - mu : mu - v];
+    uint64_t sum = 0;
+    for (int i = 0; i < 256; i++) by_byte[i] = 0;
+    for (int64_t v = lo; v <= hi; v++) {
+        const uint32_t f = 1 + (uint32_t)(w[v > mu ? v - mu : mu - v] * (uint64_t)(TABLE_SIZE - n) / total);
+        by_byte[v ^ 0x80] = f;
+        sum += f;
+    }
+    by_byte[mu ^ 0x80] += (uint32_t)(TABLE_SIZE - sum);
+    return pos;
+}
+
+/*
  * One rANS stream header after its lane count (rans.py: parse, read_symbol_set, read_nibble_varints,
  * read_states, _decode_table in one pass): the symbol set, the table precision, the nibble-varint
- * frequencies and the lane states, into the 4096-entry decode table and the lanes' start states.
- * Returns the bytes read, or -1 for any inconsistency; the caller then runs the Python reader, which
- * names the fault. (The Python path is the reference: a property test parses random and damaged headers
- * both ways.)
+ * frequencies (or a parametric table) and the lane states, into the 4096-entry decode table and the
+ * lanes' start states. Returns the bytes read, or -1 for any inconsistency; the caller then runs the
+ * Python reader, which names the fault. (The Python path is the reference: a property test parses
+ * random and damaged headers both ways.)
  */
 int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *table, uint32_t *states) {
     int64_t pos = 0;
     uint8_t present[256];
-    int64_t count;
-    if (pos >= len) return -1;
-    count = (int64_t)buf[pos++] + 1;
-    if (count <= 32) {
-        if (pos + count > len) return -1;
-        for (int64_t i = 0; i < count; i++) {
-            present[i] = buf[pos + i];
-            if (i && present[i] <= present[i - 1]) return -1;
-        }
-        pos += count;
-    } else {
-        int64_t found = 0;
-        if (pos + 32 > len) return -1;
-        for (int i = 0; i < 256; i++)
-            if (buf[pos + (i >> 3)] >> (i & 7) & 1) present[found++] = (uint8_t)i;
-        if (found != count) return -1;
-        pos += 32;
-    }
-    if (count < 2 || pos >= len) return -1;
-    const int precision = buf[pos++];
-    if (precision < 1 || precision > RANS_PRECISION) return -1;
-    const uint64_t scale = 1ull << precision;
     uint32_t freqs[256];
-    uint64_t sum = 0, value = 0;
-    int shift = 0, half = 0;
-    int64_t got = 0;
-    uint8_t byte = 0;
-    while (got < count - 1) {
-        if (!half) {
-            if (pos >= len) return -1;
-            byte = buf[pos++];
+    int64_t count = 0;
+    if (pos >= len) return -1;
+    if (buf[0] == PARAM_MARK) {
+        uint32_t by_byte[256];
+        pos = param_table(buf, len, by_byte);
+        if (pos < 0) return -1;
+        for (int i = 0; i < 256; i++)
+            if (by_byte[i]) {
+                present[count] = (uint8_t)i;
+                freqs[count++] = by_byte[i];
+            }
+    } else {
+        count = (int64_t)buf[pos++] + 1;
+        if (count <= 32) {
+            if (pos + count > len) return -1;
+            for (int64_t i = 0; i < count; i++) {
+                present[i] = buf[pos + i];
+                if (i && present[i] <= present[i - 1]) return -1;
+            }
+            pos += count;
+        } else {
+            int64_t found = 0;
+            if (pos + 32 > len) return -1;
+            for (int i = 0; i < 256; i++)
+                if (buf[pos + (i >> 3)] >> (i & 7) & 1) present[found++] = (uint8_t)i;
+            if (found != count) return -1;
+            pos += 32;
         }
-        const uint8_t nib = half ? byte >> 4 : byte & 15;
-        half = !half;
-        value |= (uint64_t)(nib & 7) << shift;
-        if (nib & 8) {
-            shift += 3;
-            if (shift > 60) return -1;
-            continue;
+        if (count < 2 || pos >= len) return -1;
+        const int precision = buf[pos++];
+        if (precision < 1 || precision > RANS_PRECISION) return -1;
+        const uint64_t scale = 1ull << precision;
+        uint64_t sum = 0, value = 0;
+        int shift = 0, half = 0;
+        int64_t got = 0;
+        uint8_t byte = 0;
+        while (got < count - 1) {
+            if (!half) {
+                if (pos >= len) return -1;
+                byte = buf[pos++];
+            }
+            const uint8_t nib = half ? byte >> 4 : byte & 15;
+            half = !half;
+            value |= (uint64_t)(nib & 7) << shift;
+            if (nib & 8) {
+                shift += 3;
+                if (shift > 60) return -1;
+                continue;
+            }
+            if (value > scale) return -1;
+            freqs[got++] = (uint32_t)value + 1;
+            sum += value + 1;
+            value = 0;
+            shift = 0;
         }
-        if (value > scale) return -1;
-        freqs[got++] = (uint32_t)value + 1;
-        sum += value + 1;
-        value = 0;
-        shift = 0;
+        if (sum >= scale) return -1;
+        freqs[count - 1] = (uint32_t)(scale - sum);
+        for (int64_t i = 0; i < count; i++) freqs[i] <<= RANS_PRECISION - precision;
     }
-    if (sum >= scale) return -1;
-    freqs[count - 1] = (uint32_t)(scale - sum);
     uint32_t cum = 0;
     for (int64_t i = 0; i < count; i++) {
-        const uint32_t f = freqs[i] << (RANS_PRECISION - precision);
+        const uint32_t f = freqs[i];
         for (uint32_t k = 0; k < f; k++) table[cum + k] = present[i] | f << 8 | k << 20;
         cum += f;
     }

@@ -175,6 +175,11 @@ class PackOptions:
     group_lz_max_bytes: int = 1 << 22
     #: byte planes compressed one by one with zlib / brotli (Codec.SPLIT) are tried up to this size
     split_max_bytes: int = 1 << 20
+    #: rANS planes may use parametric tables (rans.ParamTable). The packer sets this for bundles only:
+    #: a bundle's one table is a large share of its size (MTCNN P-net int8: 187 of 5,462 bytes), while on
+    #: a single small tensor the curve saved 5-19 bytes and took it from brotli, which decodes faster
+    #: (PP-OCR det int8: 5.6% slower unpacking for 122 bytes)
+    parametric_tables: bool = False
     #: tensors larger than this are coded as independent chunks (Codec.CHUNKS) ...
     chunk_min_bytes: int = 24 << 20
     #: ... of about this many bytes each (bounds the memory of codec trials and of held output)
@@ -263,7 +268,7 @@ def _decide(
     best: tuple[float, PlaneCodec, np.ndarray | None] = (limit, PlaneCodec.RAW, None)
     rans_est = math.inf
     if "rans" in options.codecs:
-        rans_est, freqs = rans.estimate_bytes(hist, lanes)
+        rans_est, freqs = rans.estimate_bytes(hist, lanes, options.parametric_tables)
         if rans_est < best[0]:
             best = (rans_est, PlaneCodec.RANS, freqs)
     # each coder used in a file costs the unpacker one lockstep pass: Huffman must clearly win

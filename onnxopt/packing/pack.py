@@ -42,7 +42,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
@@ -303,7 +303,8 @@ def _pack(model: onnx.ModelProto, options: PackOptions, out: BinaryIO | None) ->
     sizes = {  # (chunked tensors are in the stream section already: never bundled)
         i: (raw_len[i], taken[i].itemsize) for i in individual if raw_len[i] and individual[i].codec != Codec.CHUNKS
     }
-    bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, options))
+    in_bundle = replace(options, parametric_tables=True)
+    bundles = plan_bundles(sizes, individual, lambda i: taken[i].data, lambda b, k: choose(b, k, in_bundle))
     head_of: dict[int, Bundle] = {b.members[0]: b for b in bundles}
     bundle_number = {head: k for k, head in enumerate(sorted(head_of))}
     member_of: dict[int, tuple[Bundle, int]] = {}
