@@ -787,6 +787,53 @@ def test_compiled_and_numpy_decoders_agree(planes, lanes, damage, seed):
         monkeypatch.undo()
 
 
+def _strided_decode(encoded, sizes, stride):
+    """Decode rANS stream k into bytes k, k + stride, ... (as byte planes of wider items are): ok, bytes."""
+    streams = []
+    for k, (e, n) in enumerate(zip(encoded, sizes)):
+        r = Reader(e.header, "test")
+        s = rans.parse(r, n, LIMITS)
+        s.dest, s.stride = k, stride
+        streams.append(s)
+    out = np.zeros(out_extent(streams), dtype=np.uint8)
+    return rans.decode_batch(streams, interleave_words(encoded, np.uint16), out), out
+
+
+@pytest.mark.skipif(not native.available() or not native.simd_supported(), reason="no AVX2 rANS lanes here")
+@FAST
+@given(planes=st.lists(_plane_strategy(), min_size=1, max_size=3), lanes=st.integers(8, 70),
+       spread=st.sampled_from([1, 1, 2]), damage=st.integers(0, 2), seed=st.integers(0, 2**32 - 1))
+def test_vector_rans_lanes_decode_like_the_scalar_loop(planes, lanes, spread, damage, seed):
+    """The AVX2 lanes (eight at a time, a gather and a spread of refill words) give the scalar C loop's
+    bytes and verdict, also for strided output and for word sections cut short or damaged."""
+    rng = np.random.default_rng(seed)
+    encoded = [rans.encode(p, lanes + k) for k, p in enumerate(planes)]
+    e = encoded[int(rng.integers(len(encoded)))]
+    if damage == 1 and e.words.size:  # the word section ends early
+        cut = int(rng.integers(1, e.words.size + 1))
+        e.words, e.word_step, e.word_lane = e.words[:-cut], e.word_step[:-cut], e.word_lane[:-cut]
+    elif damage == 2 and e.words.size:
+        e.words = e.words.copy()
+        e.words[rng.integers(0, e.words.size)] ^= np.uint16(1 << int(rng.integers(16)))
+    sizes = [p.size for p in planes]
+    stride = len(planes) * spread  # stream k writes bytes k, k + stride, ... (stride 1: one stream, packed)
+    was = native.set_simd()
+    try:
+        results = []
+        for vector in (True, False):
+            assert native.set_simd(vector) == vector
+            results.append(_strided_decode(encoded, sizes, stride))
+    finally:
+        native.set_simd(was)
+    (ok_v, out_v), (ok_s, out_s) = results
+    assert ok_v == ok_s and (ok_v or damage)
+    if ok_v:
+        assert np.array_equal(out_v, out_s)
+        if not damage:
+            for k, p in enumerate(planes):
+                assert np.array_equal(out_v[k : k + p.size * stride : stride], p)
+
+
 @pytest.mark.skipif(not native.available(), reason="the compiled lane decoder is not built")
 @FAST
 @given(plane=_plane_strategy(), lanes=st.integers(1, 300), damage=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),

@@ -3,7 +3,8 @@
 ``pip install`` compiles ``onnxopt/packing/_lanes.c`` as an optional extension: without a C compiler
 the install still succeeds and unpacking uses the numpy decoders in rans.py and huffman.py, which read
 the same files (about 5-10x slower on int8 models). ``ONNXOPT_NATIVE=0`` forces the numpy decoders
-(the tests use it to check that both agree).
+(the tests use it to check that both agree). Where the CPU has AVX2, the rANS loop decodes eight lanes
+at a time (``ONNXOPT_SIMD=0`` or :func:`set_simd` turn that off: the same bytes either way).
 
 ctypes rather than the CPython API: the loops take plain arrays, so the C file stays a pair of loops.
 """
@@ -43,7 +44,24 @@ def _library() -> ctypes.CDLL | None:
     lib.huffman_decode.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I]
     lib.rans_header.restype = _I
     lib.rans_header.argtypes = [_P, _I, _I, _P, _P]
+    lib.rans_simd.restype = _I
+    lib.rans_simd.argtypes = [_I]
+    lib.rans_simd(os.environ.get("ONNXOPT_SIMD", "1") != "0")
     return lib
+
+
+def set_simd(on: bool | None = None) -> bool:
+    """Use the AVX2 rANS lanes (where the CPU has them) or the scalar loop only (``None``: leave it);
+    returns whether they are used. Both decode the same files to the same bytes; ``ONNXOPT_SIMD=0``
+    starts with them off."""
+    lib = _library()
+    return bool(lib.rans_simd(-1 if on is None else int(on)) & 1) if lib is not None else False
+
+
+def simd_supported() -> bool:
+    """Whether the compiled loops have AVX2 rANS lanes for this CPU."""
+    lib = _library()
+    return bool(lib.rans_simd(-1) & 2) if lib is not None else False
 
 
 def available() -> bool:
