@@ -28,11 +28,17 @@
  * The batch, as both loops take it: nstreams streams sorted by steps (most first, lane_order in
  * lanes.py), stream k having lanes[k] lanes of steps[k] steps whose symbol 0 goes to dest[k] and whose
  * symbols are stride[k] apart; stream k's decode table is entries k*4096 .. k*4096+4095 of tab, and its
- * lanes are lanes start[k] .. start[k+1]-1 of the state arrays (start: nstreams + 1 int64s of scratch).
+ * lanes are lanes start[k] .. start[k+1]-1 of the state arrays. The five arrays are the rows of one
+ * int64 layout of 5 x (nstreams + 1) (LaneBatch.layout; start is scratch, filled here).
  * Symbol i of a stream is step i / lanes of lane i % lanes, so at step t lane j of stream k writes
  * dest[k] + (t * lanes[k] + j) * stride[k]. At each step the lanes run in global order, stream by stream;
  * the streams still working at step t (more than t steps) are a prefix.
  */
+#define LAYOUT(layout, nstreams)                                                                      \
+    const int64_t *lanes = (layout), *steps = (layout) + (nstreams) + 1, *dest = (layout) + 2 * ((nstreams) + 1); \
+    const int64_t *stride = (layout) + 3 * ((nstreams) + 1);                                                  \
+    int64_t *start = (layout) + 4 * ((nstreams) + 1)
+
 static void lane_starts(int64_t nstreams, const int64_t *lanes, int64_t *start) {
     start[0] = 0;
     for (int64_t k = 0; k < nstreams; k++) start[k + 1] = start[k] + lanes[k];
@@ -71,76 +77,66 @@ static void make_perm(void) {
     perm_ready = 1;
 }
 
+/* Eight lanes' next states from their table entries e, refilled where they fell below RANS_LOW and
+   are live: the refilling lanes take the next words in lane order (one load, spread by perm). */
+__attribute__((target("avx2"))) static inline __m256i advance8(__m256i x, __m256i e, __m256i live, int refill,
+                                                               const uint16_t *words, int64_t *read) {
+    const __m256i mask = _mm256_set1_epi32(RANS_MASK);
+    const __m256i f = _mm256_and_si256(_mm256_srli_epi32(e, 8), mask);
+    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(x, RANS_PRECISION), f), _mm256_srli_epi32(e, 20));
+    if (!refill) return x;
+    const __m256i low1 = _mm256_set1_epi32(RANS_LOW - 1);
+    const __m256i need = _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_min_epu32(x, low1), x), live); /* x < LOW */
+    const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
+    if (!m) return x;
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(words + *read)));
+    const __m256i spread = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)perm[m]));
+    *read += __builtin_popcount((unsigned)m);
+    return _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), spread), need);
+}
+
 /*
  * The lanes of one stream's step, eight at a time (the last 1-7 masked): the same arithmetic as the
  * scalar loop, with the eight table lookups as one gather and the refills as one load of the next words
- * spread over the lanes that need them (the words are in lane order within a step, so they are
- * consecutive). Stops before a group that could read past the word section, which the scalar loop then
- * finishes with its own end check. Returns the lanes done; *read advances by the words taken.
+ * (see advance8). Stops before a group that could read past the word section (each group may load
+ * eight words), which the scalar loop then finishes with its own end check. Returns the lanes done;
+ * *read advances by the words taken.
  */
 __attribute__((target("avx2"))) static int64_t rans_lanes_avx2(uint32_t *xs, const uint32_t *tb, uint8_t *o,
                                                                 int64_t step, int64_t n, int refill,
                                                                 const uint16_t *words, int64_t nwords,
-                                                                int64_t *read_io) {
-    const __m256i mask = _mm256_set1_epi32(RANS_MASK), low1 = _mm256_set1_epi32(RANS_LOW - 1);
+                                                                int64_t *read) {
+    const __m256i mask = _mm256_set1_epi32(RANS_MASK), all = _mm256_set1_epi32(-1);
     const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    int64_t read = *read_io, j = 0;
+    uint32_t sym[8];
+    int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
-        if (refill && read + 8 > nwords) break;
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xs + j));
+        if (refill && *read + 8 > nwords) return j;
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xs + j));
         const __m256i e = _mm256_i32gather_epi32((const int *)tb, _mm256_and_si256(x, mask), 4);
-        if (step == 1) {
+        if (step == 1) { /* the eight symbols are the entries' low bytes */
             const __m256i b = _mm256_shuffle_epi8(e, low_bytes);
             const uint32_t lo = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(b));
             const uint32_t hi = (uint32_t)_mm_cvtsi128_si32(_mm256_extracti128_si256(b, 1));
             memcpy(o + j, &lo, 4);
             memcpy(o + j + 4, &hi, 4);
         } else {
-            uint32_t sym[8];
             _mm256_storeu_si256((__m256i *)sym, e);
             for (int i = 0; i < 8; i++) o[(j + i) * step] = (uint8_t)sym[i];
         }
-        const __m256i f = _mm256_and_si256(_mm256_srli_epi32(e, 8), mask);
-        x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(x, RANS_PRECISION), f), _mm256_srli_epi32(e, 20));
-        if (refill) {
-            const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, low1), x); /* x < RANS_LOW */
-            const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
-            if (m) {
-                const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(words + read)));
-                const __m256i spread = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)perm[m]));
-                x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), spread), need);
-                read += __builtin_popcount((unsigned)m);
-            }
-        }
-        _mm256_storeu_si256((__m256i *)(xs + j), x);
+        _mm256_storeu_si256((__m256i *)(xs + j), advance8(x, e, all, refill, words, read));
     }
     const int64_t rest = n - j;
-    if (rest > 0 && rest < 8 && !(refill && read + 8 > nwords)) { /* the last 1-7 lanes, masked */
-        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rest), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        __m256i x = _mm256_maskload_epi32((const int *)(xs + j), live);
-        const __m256i e = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)tb,
-                                                      _mm256_and_si256(x, mask), live, 4);
-        uint32_t sym[8];
-        _mm256_storeu_si256((__m256i *)sym, e);
-        for (int64_t i = 0; i < rest; i++) o[(j + i) * step] = (uint8_t)sym[i];
-        const __m256i f = _mm256_and_si256(_mm256_srli_epi32(e, 8), mask);
-        x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(x, RANS_PRECISION), f), _mm256_srli_epi32(e, 20));
-        if (refill) {
-            const __m256i need = _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_min_epu32(x, low1), x), live);
-            const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
-            if (m) {
-                const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(words + read)));
-                const __m256i spread = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)perm[m]));
-                x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), spread), need);
-                read += __builtin_popcount((unsigned)m);
-            }
-        }
-        _mm256_maskstore_epi32((int *)(xs + j), live, x);
-        j = n;
-    }
-    *read_io = read;
-    return j;
+    if (rest == 0 || (refill && *read + 8 > nwords)) return j;
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rest), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i x = _mm256_maskload_epi32((const int *)(xs + j), live);
+    const __m256i e =
+        _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)tb, _mm256_and_si256(x, mask), live, 4);
+    _mm256_storeu_si256((__m256i *)sym, e);
+    for (int64_t i = 0; i < rest; i++) o[(j + i) * step] = (uint8_t)sym[i];
+    _mm256_maskstore_epi32((int *)(xs + j), live, advance8(x, e, live, refill, words, read));
+    return n;
 }
 
 /* 1 when the AVX2 lanes are used: the CPU has AVX2 and rans_simd has not turned them off. */
@@ -167,10 +163,11 @@ int64_t rans_simd(int64_t on) {
 #endif
 }
 
-/* Returns the number of words read, -1 if the word section ran out, -2 if an output index is outside out. */
-int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
-                    const int64_t *stride, int64_t *start, uint32_t *x, const uint32_t *tab,
-                    const uint16_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
+/* Returns the number of words read, -1 if the word section ran out, -2 if an output index is outside out,
+   -3 if a lane did not end in a start state (corrupt words or headers). */
+int64_t rans_decode(int64_t nstreams, int64_t *layout, uint32_t *x, const uint32_t *tab, const uint16_t *words,
+                    int64_t nwords, uint8_t *out, int64_t out_len) {
+    LAYOUT(layout, nstreams);
     lane_starts(nstreams, lanes, start);
     const int64_t max_steps = nstreams ? steps[0] : 0;
     int64_t read = 0, live = nstreams, live_next = nstreams;
@@ -204,6 +201,8 @@ int64_t rans_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps
             }
         }
     }
+    for (int64_t j = 0; j < start[nstreams]; j++) /* every lane back at a start state (2**16 + 16 carried bits) */
+        if (x[j] >> 16 != 1) return -3;
     return read;
 }
 
@@ -345,9 +344,9 @@ int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *ta
 }
 
 /* Same contract as rans_decode; buf holds each lane's unread bits (bits[j] of them, low-aligned). */
-int64_t huffman_decode(int64_t nstreams, const int64_t *lanes, const int64_t *steps, const int64_t *dest,
-                       const int64_t *stride, int64_t *start, uint64_t *buf, int64_t *bits, const uint16_t *tab,
+int64_t huffman_decode(int64_t nstreams, int64_t *layout, uint64_t *buf, int64_t *bits, const uint16_t *tab,
                        const uint32_t *words, int64_t nwords, uint8_t *out, int64_t out_len) {
+    LAYOUT(layout, nstreams);
     lane_starts(nstreams, lanes, start);
     const int64_t max_steps = nstreams ? steps[0] : 0;
     int64_t read = 0, live = nstreams, live_next = nstreams;

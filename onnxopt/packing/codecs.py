@@ -974,16 +974,16 @@ def place_carries(parsed: Parsed, out: np.ndarray, base: int, size: int) -> None
                 place_carries(sub, out, base + offset, part)
         return
     n = size // parsed.itemsize
-    planes = np.array(parsed.pool_planes, dtype=np.int64)
     for stream in parsed.rans:
         if stream.tail:  # rows steps and steps+1 of the plane (lane j: symbol row * lanes + j)
-            lanes = np.arange(stream.lanes, dtype=np.int64)
-            first = stream.dest + (stream.steps * stream.lanes + lanes) * stream.stride  # (dest is absolute)
-            out[first] = stream.carry & 0xFF
-            out[first + stream.lanes * stream.stride] = stream.carry >> 8
+            lanes, step = stream.lanes, stream.stride
+            first = stream.dest + stream.steps * lanes * step  # (dest is absolute)
+            out[first : first + lanes * step : step] = stream.carry & 0xFF
+            out[first + lanes * step : first + 2 * lanes * step : step] = stream.carry >> 8
             continue
         if stream.carry_at < 0:
             continue
+        planes = np.array(parsed.pool_planes, dtype=np.int64)
         data = np.frombuffer(stream.carry.astype("<u2").tobytes(), dtype=np.uint8)
         q = stream.carry_at + np.arange(data.size, dtype=np.int64)
         out[base + (q % n) * parsed.itemsize + planes[q // n]] = data

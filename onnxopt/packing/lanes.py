@@ -23,6 +23,7 @@ plane ``p`` of an ``itemsize``-byte tensor lands at ``base + i * itemsize + p``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,26 +95,35 @@ class LaneBatch:
     """
 
     def __init__(self, streams: Sequence[LaneStream], words: np.ndarray, state_dtype: type) -> None:
-        order = lane_order([s.steps for s in streams])
-        ordered = [streams[i] for i in order]
-        self.lanes = np.array([s.lanes for s in ordered], dtype=np.int64)
-        self.steps = np.array([s.steps for s in ordered], dtype=np.int64)
-        self.dest = np.array([s.dest for s in ordered], dtype=np.int64)
-        self.stride = np.array([s.stride for s in ordered], dtype=np.int64)
-        start = np.concatenate([[0], np.cumsum(self.lanes)])
-        self._start = start
-        self.total_lanes = int(start[-1])
-        self.max_steps = int(self.steps[0]) if len(ordered) else 0
-        self.tables = np.concatenate([s.table for s in ordered]) if ordered else np.zeros(0, dtype=state_dtype)
-        self.states = (
-            np.concatenate([s.init for s in ordered]).astype(state_dtype)
-            if ordered
-            else np.zeros(0, dtype=state_dtype)
+        ordered = sorted(streams, key=lambda s: -s.steps)  # (stable: file order among equals; lane_order)
+        k = len(ordered)
+        lanes = [s.lanes for s in ordered]
+        starts = [0, *itertools.accumulate(lanes)]
+        #: rows lanes, steps, dest, stride and (scratch for the C loops) lane starts, each k + 1 long
+        self.layout = np.array(
+            [[*lanes, 0], [*(s.steps for s in ordered), 0], [*(s.dest for s in ordered), 0],
+             [*(s.stride for s in ordered), 0], starts],
+            dtype=np.int64,
         )
+        self.lanes, self.steps, self.dest, self.stride = (row[:k] for row in self.layout[:4])
+        self.total_lanes = starts[-1]
+        self.max_steps = ordered[0].steps if k else 0
+        if k == 1:
+            self.tables = ordered[0].table
+            self.states = ordered[0].init.astype(state_dtype)  # (a copy: the loops update it)
+        else:
+            self.tables = np.concatenate([s.table for s in ordered]) if k else np.zeros(0, dtype=state_dtype)
+            self.states = (
+                np.concatenate([s.init for s in ordered]).astype(state_dtype) if k else np.zeros(0, dtype=state_dtype)
+            )
         self.words = words
         self.read = 0
         self.ordered = ordered
-        self.lane_ranges = list(zip(start[:-1].tolist(), start[1:].tolist()))
+        self.lane_ranges = list(itertools.pairwise(starts))
+
+    @cached_property
+    def _start(self) -> np.ndarray:
+        return np.array([0, *itertools.accumulate(self.lanes.tolist())], dtype=np.int64)
 
     @cached_property
     def alive_lanes(self) -> list[int]:

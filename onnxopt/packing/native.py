@@ -39,9 +39,9 @@ def _library() -> ctypes.CDLL | None:
         log.debug("compiled lane decoder unusable (%s); using the numpy decoders", exc)
         return None
     lib.rans_decode.restype = _I
-    lib.rans_decode.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I]
+    lib.rans_decode.argtypes = [_I, _P, _P, _P, _P, _I, _P, _I]
     lib.huffman_decode.restype = _I
-    lib.huffman_decode.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I]
+    lib.huffman_decode.argtypes = [_I, _P, _P, _P, _P, _P, _I, _P, _I]
     lib.rans_header.restype = _I
     lib.rans_header.argtypes = [_P, _I, _I, _P, _P]
     lib.rans_simd.restype = _I
@@ -73,17 +73,6 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-def _batch_args(batch: LaneBatch, scratch: np.ndarray) -> tuple[int, ...]:
-    """The batch's per-stream arrays as the C loops take them, then ``scratch`` (from :func:`_scratch`)."""
-    return (len(batch.ordered), _ptr(batch.lanes), _ptr(batch.steps), _ptr(batch.dest), _ptr(batch.stride),
-            _ptr(scratch))
-
-
-def _scratch(batch: LaneBatch) -> np.ndarray:
-    """Room for the C loops' lane layout: where each stream's lanes start (one int64 per stream, and one)."""
-    return np.empty(len(batch.ordered) + 1, dtype=np.int64)
-
-
 def rans_header(view: memoryview, lanes: int) -> tuple[int, np.ndarray, np.ndarray] | None:
     """Parse a rANS stream header after its lane count (see rans.parse): (bytes read, decode table,
     start states), or None when the header is inconsistent (rans.parse's Python reader then says why)."""
@@ -104,9 +93,9 @@ def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:
     x = np.ascontiguousarray(batch.states, dtype=np.uint32)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint32)
     w = np.ascontiguousarray(batch.words, dtype=np.uint16)
-    scratch = _scratch(batch)
-    read = lib.rans_decode(*_batch_args(batch, scratch), _ptr(x), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size)
-    if read < 0:
+    read = lib.rans_decode(len(batch.ordered), _ptr(batch.layout), _ptr(x), _ptr(tab), _ptr(w), w.size, _ptr(out),
+                           out.size)
+    if read < 0:  # (-3: a lane ended outside the start states, which the caller would check otherwise)
         return None
     batch.read = int(read)
     return x
@@ -119,9 +108,8 @@ def huffman_loop(batch: LaneBatch, out: np.ndarray) -> bool:
     bits = np.full(batch.total_lanes, 32, dtype=np.int64)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint16)
     w = np.ascontiguousarray(batch.words, dtype=np.uint32)
-    scratch = _scratch(batch)
     read = lib.huffman_decode(
-        *_batch_args(batch, scratch), _ptr(buf), _ptr(bits), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size
+        len(batch.ordered), _ptr(batch.layout), _ptr(buf), _ptr(bits), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size
     )
     if read < 0:
         return False

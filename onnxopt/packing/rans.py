@@ -17,9 +17,9 @@ Payload::
     | uvarint number of words
 
 Small planes may store a coarser table (P < 12) when that saves more table bytes than it costs in
-coded bits, or a *parametric* table (see :class:`ParamTable`): a zero byte where the symbol set's count
-would be (a one-symbol set, which no rANS stream has), then six or seven bytes that name a two-sided
-curve, in place of the symbol set, precision and frequencies.
+coded bits, or (format 6) a *parametric* table (see :class:`ParamTable`) in place of the symbol set,
+precision and frequencies: ``u8 0 | u8 lo | u8 hi | u8 mu | u16 ratio | zigzag uvarint slope``; the zero
+stands where a symbol set's count-1 byte would be, which no rANS stream has (it needs two symbols).
 
 The 16-bit words themselves live in the file's shared rANS word section (see lanes.py).
 
@@ -29,6 +29,7 @@ bits) and that every word was read exactly once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,10 +227,6 @@ def fit_param(hist: np.ndarray) -> tuple[float, ParamTable] | None:
     return best
 
 
-def param_bytes(table: ParamTable) -> int:
-    return len(table.header())
-
-
 def estimate_bytes(
     hist: np.ndarray, lanes: int, parametric: bool = True
 ) -> tuple[float, np.ndarray | ParamTable]:
@@ -240,8 +237,9 @@ def estimate_bytes(
     table: np.ndarray | ParamTable = freqs
     if parametric and hist.sum() <= PARAM_MAX_SYMBOLS and table_bytes(freqs) >= PARAM_MIN_TABLE:
         fitted = fit_param(hist)
-        if fitted is not None and fitted[0] / 8 + param_bytes(fitted[1]) < size:
-            size, table = fitted[0] / 8 + param_bytes(fitted[1]), fitted[1]
+        curve = math.inf if fitted is None else fitted[0] / 8 + len(fitted[1].header())
+        if curve < size:
+            size, table = curve, fitted[1]
     return size + 3 * lanes + 3, table
 
 
@@ -466,13 +464,15 @@ def decode_batch(streams: list[LaneStream], words: np.ndarray, out: np.ndarray) 
     """
     if not streams:
         return words.size == 0
-    if native.available():
+    if native.available():  # (the C loop checks that every lane ended in a start state)
         batch = LaneBatch(streams, words, np.uint32)
         x = native.rans_loop(batch, out)
     else:
         batch = LaneBatch(streams, words.astype(np.uint32), np.uint32)
         x = _numpy_loop(batch, out)
-    if x is None or not batch.all_read() or not bool(((x >> np.uint32(16)) == 1).all()):
+        if x is not None and not bool(((x >> np.uint32(16)) == 1).all()):
+            return False
+    if x is None or not batch.all_read():
         return False
     for stream, (lo, hi) in zip(batch.ordered, batch.lane_ranges):
         stream.carry = x[lo:hi].astype(np.uint16)
