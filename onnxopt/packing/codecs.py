@@ -741,6 +741,9 @@ class Parsed:
     transposed: bool = False
 
 
+_CODEC_IDS = {int(c): c for c in Codec}
+
+
 def parse_payload(
     codec: int, meta: memoryview, bulk: memoryview, raw_len: int, what: str, limits: Limits, bundle_len: int = -1
 ) -> Parsed:
@@ -749,10 +752,9 @@ def parse_payload(
     ``bundle_len``: for a BUNDLE, the bundle's decoded size (the sum of its members' sizes, which
     the container knows from the index).
     """
-    try:
-        kind = Codec(codec)
-    except ValueError:
-        raise CorruptPackError(f"{what}: unknown codec id {codec}") from None
+    kind = _CODEC_IDS.get(codec)  # (Codec(codec) costs more than some payloads take to parse)
+    if kind is None:
+        raise CorruptPackError(f"{what}: unknown codec id {codec}")
     r = Reader(meta, what)
     if kind is Codec.RAW:
         r.done()

@@ -76,11 +76,11 @@ def _ptr(a: np.ndarray) -> int:
 def rans_header(view: memoryview, lanes: int) -> tuple[int, np.ndarray, np.ndarray] | None:
     """Parse a rANS stream header after its lane count (see rans.parse): (bytes read, decode table,
     start states), or None when the header is inconsistent (rans.parse's Python reader then says why)."""
-    buf = np.frombuffer(view, dtype=np.uint8)
-    table = np.empty(TABLE_SIZE, dtype=np.uint32)
-    states = np.empty(lanes, dtype=np.uint32)
-    used = _library().rans_header(_ptr(buf), buf.size, lanes, _ptr(table), _ptr(states))
-    return None if used < 0 else (int(used), table, states)
+    block = np.empty(TABLE_SIZE + lanes, dtype=np.uint32)  # the table, then the states: one pointer
+    at = _ptr(block)
+    buf = bytes(view)  # (ctypes passes a bytes object's own buffer; a copy of a few hundred bytes)
+    used = _library().rans_header(buf, len(buf), lanes, at, at + 4 * TABLE_SIZE)
+    return None if used < 0 else (int(used), block[:TABLE_SIZE], block[TABLE_SIZE:])
 
 
 def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:

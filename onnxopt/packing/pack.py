@@ -661,6 +661,7 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
     heads: list[_Record] = []  # the BUNDLE records, by bundle number
     pos = cursor = 0
     max_tensor = limits.max_tensor_bytes
+    one_byte = min(0x80, max_tensor + 1)  # field lengths below this are one varint byte within the limit
     unskipped: dict[int, int] = {}  # per tag byte: its occurrences in the skeleton not yet skipped
     new = object.__new__
     for k in range(count):
@@ -672,9 +673,15 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
             at = skeleton.find(tag_byte, cursor)
             if at < 0:
                 raise CorruptPackError(f"tensor index: record {k} does not point at a tensor data field")
-            hole_len, cursor = _field_content(skeleton, at, k, max_tensor)
+            if at + 2 < len(skeleton) and skeleton[at + 1] < one_byte:  # (_field_content's short length, inline)
+                hole_len, cursor = skeleton[at + 1], at + 2
+            else:
+                hole_len, cursor = _field_content(skeleton, at, k, max_tensor)
             number = raw[pos + 2]
-            _add_slice(heads, number, hole_len, max_tensor)
+            if number < len(heads) and heads[number].bundle_len + hole_len <= max_tensor:  # (_add_slice, inline)
+                heads[number].bundle_len += hole_len
+            else:
+                _add_slice(heads, number, hole_len, max_tensor)
             rec = new(_Record)
             rec.kind, rec.codec, rec.ref = kind, _SLICE, number
             rec.hole, rec.hole_len, rec.raw_len = cursor, hole_len, hole_len
