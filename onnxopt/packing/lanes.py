@@ -108,14 +108,13 @@ class LaneBatch:
         self.lanes, self.steps, self.dest, self.stride = (row[:k] for row in self.layout[:4])
         self.total_lanes = starts[-1]
         self.max_steps = ordered[0].steps if k else 0
-        if k == 1:
-            self.tables = ordered[0].table
-            self.states = ordered[0].init.astype(state_dtype)  # (a copy: the loops update it)
+        if k == 1:  # (no copy of the table; the states are copied: the loops update them)
+            self.tables, self.states = ordered[0].table, ordered[0].init.astype(state_dtype)
+        elif k:
+            self.tables = np.concatenate([s.table for s in ordered])
+            self.states = np.concatenate([s.init for s in ordered]).astype(state_dtype)
         else:
-            self.tables = np.concatenate([s.table for s in ordered]) if k else np.zeros(0, dtype=state_dtype)
-            self.states = (
-                np.concatenate([s.init for s in ordered]).astype(state_dtype) if k else np.zeros(0, dtype=state_dtype)
-            )
+            self.tables = self.states = np.zeros(0, dtype=state_dtype)
         self.words = words
         self.read = 0
         self.ordered = ordered
