@@ -52,7 +52,7 @@ SKELETON_BROTLI = 3
 #: deflate without zlib's header and Adler-32 (the trailer's CRC32 already covers both sections): 6
 #: bytes less than zlib, a sixth of a small model's index (MTCNN P-net: 39 -> 33 bytes)
 SKELETON_DEFLATE = 4
-SECTION_CODECS = (SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI, SKELETON_DEFLATE)
+SECTION_CODECS = frozenset({SKELETON_ZLIB, SKELETON_LZMA, SKELETON_BROTLI, SKELETON_DEFLATE})
 
 
 class CorruptPackError(ValueError):
@@ -241,7 +241,7 @@ def read_header(data: bytes | memoryview, limits: Limits = LIMITS) -> Header:
     head = Header(**values, crc=int.from_bytes(data[-5:-1], "little"), trailer_bytes=length + 1)
     if head.flags != 0:
         raise CorruptPackError(f"unknown trailer flags {head.flags:#x}")
-    if {head.section_codecs & 15, head.section_codecs >> 4} - set(SECTION_CODECS):
+    if {head.section_codecs & 15, head.section_codecs >> 4} - SECTION_CODECS:
         raise CorruptPackError(f"unknown skeleton/index codec {head.section_codecs:#x}")
     if head.records > limits.max_records:
         raise CorruptPackError(f"trailer declares {head.records} tensor records (limit {limits.max_records})")
