@@ -873,6 +873,7 @@ def test_compiled_decoder_is_built_when_required():
     if os.environ.get("ONNXOPT_REQUIRE_NATIVE") != "1":
         pytest.skip("ONNXOPT_REQUIRE_NATIVE is not set")
     assert native.available()
+    assert native._module() is not None  # (and the one-call unpacker with it: tests/test_unpack_one_call.py)
 
 
 @FAST

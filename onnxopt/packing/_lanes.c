@@ -7,20 +7,16 @@
  * order is identical (step by step, lanes in global order), so both decode the same files; the tests
  * run both on the same streams and compare.
  *
- * Called through ctypes (native.py); the module init below exists only so that the import system can
- * find the shared object. Every output index is checked against the buffer size, and a word section
- * that runs out stops the loop, so a corrupt file cannot make these read or write out of bounds.
+ * The loops are called through ctypes (native.py). The module's one Python-level function,
+ * unpack_spliced, is the one-call unpacker of _unpack.c, which runs the same loops. Every output index
+ * is checked against the buffer size, and a word section that runs out stops the loop, so a corrupt
+ * file cannot make these read or write out of bounds.
  */
-#include <Python.h>
-#include <stdint.h>
+#include "_lanes.h"
 
-#define RANS_PRECISION 12
-#define RANS_MASK ((1u << RANS_PRECISION) - 1u)
-#define RANS_LOW (1u << 16)
 #define HUFF_MAX_LEN 12
 #define HUFF_MASK ((1u << HUFF_MAX_LEN) - 1u)
 #define HUFF_WORD_BITS 32
-#define TABLE_SIZE 4096
 #define PARAM_MARK 0
 #define PARAM_MAX_SLOPE (1 << 16)
 
@@ -380,7 +376,13 @@ int64_t huffman_decode(int64_t nstreams, int64_t *layout, uint64_t *buf, int64_t
     return read;
 }
 
-static struct PyModuleDef lanes_module = {PyModuleDef_HEAD_INIT, "_lanes", "compiled lane decoder loops (ctypes)", -1,
-                                          NULL};
+static PyMethodDef lanes_methods[] = {
+    {"unpack_spliced", (PyCFunction)(void (*)(void))unpack_spliced, METH_FASTCALL,
+     "The model bytes of a packed file whose records the one-call path reads, or an int (see _unpack.c)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef lanes_module = {PyModuleDef_HEAD_INIT, "_lanes",
+                                          "compiled lane decoder loops (ctypes) and the one-call unpacker", -1,
+                                          lanes_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__lanes(void) { return PyModule_Create(&lanes_module); }

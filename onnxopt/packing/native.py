@@ -1,12 +1,15 @@
-"""The compiled lane-decoder loops (``_lanes.c``), when the install built them.
+"""The compiled lane-decoder loops (``_lanes.c``) and one-call unpacker (``_unpack.c``), when built.
 
-``pip install`` compiles ``onnxopt/packing/_lanes.c`` as an optional extension: without a C compiler
-the install still succeeds and unpacking uses the numpy decoders in rans.py and huffman.py, which read
-the same files (about 5-10x slower on int8 models). ``ONNXOPT_NATIVE=0`` forces the numpy decoders
-(the tests use it to check that both agree). Where the CPU has AVX2, the rANS loop decodes eight lanes
-at a time (``ONNXOPT_SIMD=0`` or :func:`set_simd` turn that off: the same bytes either way).
+``pip install`` compiles ``onnxopt/packing/_lanes.c`` and ``_unpack.c`` as one optional extension:
+without a C compiler the install still succeeds and unpacking uses the Python reader and the numpy
+decoders in rans.py and huffman.py, which read the same files (about 5-10x slower on int8 models).
+``ONNXOPT_NATIVE=0`` forces those (the tests use it to check that both agree). Where the CPU has AVX2,
+the rANS loop decodes eight lanes at a time (``ONNXOPT_SIMD=0`` or :func:`set_simd` turn that off: the
+same bytes either way).
 
-ctypes rather than the CPython API: the loops take plain arrays, so the C file stays a pair of loops.
+The loops are called through ctypes: they take plain arrays, so their C stays a pair of loops. The
+one-call unpacker is a CPython function (:func:`unpack_spliced`): it exists to take the per-call cost
+out of small files, and it returns a bytes object (ctypes would cost a microsecond per pointer).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import importlib.util
 import logging
 import os
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 
+from onnxopt.packing.format import Limits
 from onnxopt.packing.lanes import TABLE_SIZE, LaneBatch
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,27 @@ def available() -> bool:
     return os.environ.get("ONNXOPT_NATIVE", "1") != "0" and _library() is not None
 
 
+@lru_cache(maxsize=1)
+def _module() -> ModuleType | None:
+    try:
+        return importlib.import_module("onnxopt.packing._lanes") if _library() is not None else None
+    except ImportError:  # (the shared object loaded through ctypes, but not as a module: a foreign build)
+        return None
+
+
+def unpack_spliced(skeleton: bytes, index: bytes, data: memoryview, start: int, end: int, records: int,
+                   limits: Limits) -> bytes | int:
+    """The model's serialized bytes, every payload spliced into the skeleton, in one C call (_unpack.c);
+    or an int when that path declines the file: 1, a codec or record type it leaves to the Python reader;
+    2, anything the Python reader would refuse (which that reader then names); 3, out of memory; 4, no
+    compiled module. ``data[start:end]`` runs from the first payload to the trailer."""
+    module = _module() if available() else None
+    if module is None:
+        return 4
+    return module.unpack_spliced(skeleton, index, data, start, end, records, limits.max_tensor_bytes,
+                                 limits.max_total_bytes, limits.max_skeleton_bytes, limits.max_lanes, limits.max_steps)
+
+
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
@@ -92,7 +118,7 @@ def rans_loop(batch: LaneBatch, out: np.ndarray) -> np.ndarray | None:
     lib = _library()
     x = np.ascontiguousarray(batch.states, dtype=np.uint32)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint32)
-    w = np.ascontiguousarray(batch.words, dtype=np.uint16)
+    w = np.require(batch.words, np.uint16, "CA")  # (aligned: the word section may start at an odd offset)
     read = lib.rans_decode(len(batch.ordered), _ptr(batch.layout), _ptr(x), _ptr(tab), _ptr(w), w.size, _ptr(out),
                            out.size)
     if read < 0:  # (-3: a lane ended outside the start states, which the caller would check otherwise)
@@ -107,7 +133,7 @@ def huffman_loop(batch: LaneBatch, out: np.ndarray) -> bool:
     buf = np.ascontiguousarray(batch.states, dtype=np.uint64)
     bits = np.full(batch.total_lanes, 32, dtype=np.int64)
     tab = np.ascontiguousarray(batch.tables, dtype=np.uint16)
-    w = np.ascontiguousarray(batch.words, dtype=np.uint32)
+    w = np.require(batch.words, np.uint32, "CA")
     read = lib.huffman_decode(
         len(batch.ordered), _ptr(batch.layout), _ptr(buf), _ptr(bits), _ptr(tab), _ptr(w), w.size, _ptr(out), out.size
     )

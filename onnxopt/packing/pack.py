@@ -50,7 +50,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxopt.model import copy_fields, tensor_nbytes
-from onnxopt.packing import huffman, rans
+from onnxopt.packing import huffman, native, rans
 from onnxopt.packing.bundles import THRESHOLDS, Bundle, plan_bundles
 from onnxopt.packing.codecs import (
     Codec,
@@ -793,6 +793,10 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
     if head.metadata_crc(skeleton, index_raw) != head.crc:
         raise CorruptPackError("checksum mismatch in the trailer, the model skeleton or the tensor index")
+    if head.stream_bytes == 0:  # the one-call path, for files of the plain codecs (_unpack.c; it declines the rest)
+        spliced = native.unpack_spliced(skeleton, index_raw, data, r.pos, r.end, head.records, limits)
+        if type(spliced) is bytes:
+            return _parse_model(spliced)
     records = _read_index(index_raw, head.records, skeleton, limits)
     if sum(rec.packed_len for rec in records if rec.codec == _CHUNKS) != head.stream_bytes:
         raise CorruptPackError("tensor records do not add up to the stream section")
@@ -883,11 +887,7 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
                 if len(payload) != rec.hole_len:
                     raise CorruptPackError(f"{names[i]}: its values do not fill the skeleton's field")
             fills.append((rec.hole, payload))
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(_splice(view, fills))
-    except DecodeError as exc:
-        raise CorruptPackError(f"model skeleton is not a ModelProto once its tensors are in ({exc})") from None
+    model = _parse_model(_splice(view, fills))
     del fills
     if any(rec.tensor >= 0 for rec in records):
         tensors = walk_tensors(model)
@@ -901,6 +901,15 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
                 restore_payload(t, rec.kind, rec.store, decoded[i])
             except (ValueError, TypeError) as exc:
                 raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
+    return model
+
+
+def _parse_model(spliced: bytes) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(spliced)
+    except DecodeError as exc:
+        raise CorruptPackError(f"model skeleton is not a ModelProto once its tensors are in ({exc})") from None
     return model
 
 
