@@ -134,3 +134,45 @@ def packed_seeds(models: dict[str, bytes]) -> dict[str, bytes]:
         for suffix, options in variants.items():
             out[f"{name}{suffix}.pack"] = pack_model(model, options=options).data
     return out
+
+
+def mutate_behind_checksums(data: bytes, rng: random.Random) -> bytes:
+    """A packed file damaged past its trailer's checksum: a few bytes of its payloads and coder words
+    (which only the per-tensor CRCs cover), or of its raw index or skeleton, re-emitted with a valid
+    trailer checksum. (:func:`mutate` mostly meets the trailer's CRC; these reach the record readers.)"""
+    from onnxopt.packing import sections
+
+    parts = sections.split(data)
+    where = rng.randrange(3) if parts.rest else rng.randrange(1, 3)
+    if where == 0:
+        buf = bytearray(data)
+        _damage(buf, rng, parts.rest_start, parts.rest_start + len(parts.rest))
+        return bytes(buf)
+    if where == 1:
+        buf = bytearray(parts.index_raw())
+        _damage(buf, rng, 0, len(buf))
+        return sections.rebuild(data, index=bytes(buf))
+    buf = bytearray(parts.skeleton_raw())
+    _damage(buf, rng, 0, len(buf))
+    return sections.rebuild(data, skeleton_raw=bytes(buf))
+
+
+def _damage(buf: bytearray, rng: random.Random, lo: int, hi: int) -> None:
+    """Change, flip, drop or insert 1-8 bytes of ``buf[lo:hi]`` (the range follows drops and inserts)."""
+    for _ in range(rng.choice((1, 1, 1, 2, 3, 8))):
+        if hi <= lo:
+            return
+        at = rng.randrange(lo, hi)
+        op = rng.randrange(5)
+        if op == 0:
+            buf[at] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            buf[at] = rng.randrange(256)
+        elif op == 2:
+            buf[at] = rng.choice((0, 0x7F, 0x80, 0xFF))  # (varint edges)
+        elif op == 3:
+            del buf[at]
+            hi -= 1
+        else:
+            buf.insert(at, rng.randrange(256))
+            hi += 1

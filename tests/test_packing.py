@@ -28,6 +28,7 @@ from onnxopt.packing import (
     ort_session,
     pack_model,
     rans,
+    sections,
     unpack_model,
 )
 from onnxopt.packing import groups as group_ids
@@ -1180,56 +1181,19 @@ def test_random_byte_flips_never_give_a_wrong_model(small_pack):
 
 def _sections(data: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
     """A pack's trailer, stream section, compressed skeleton and index, and the rest before the trailer."""
-    head = read_header(data)
-    stream = data[PREFIX_SIZE : PREFIX_SIZE + head.stream_bytes]
-    pos = PREFIX_SIZE + head.stream_bytes
-    skeleton = data[pos : pos + head.skeleton_packed]
-    pos += head.skeleton_packed
-    index = data[pos : pos + head.index_packed]
-    rest = data[pos + head.index_packed : len(data) - head.trailer_bytes]
-    return head, stream, skeleton, index, rest
-
-
-def _rebuild(
-    data: bytes, *, index: bytes | None = None, skeleton_raw: bytes | None = None, fields: dict | None = None
-) -> bytes:
-    """Re-emit a pack with a replaced index, skeleton and/or trailer fields, with a valid checksum."""
-    head, stream, skeleton, old_index, rest = _sections(data)
-    if skeleton_raw is None:
-        skeleton_raw = _inflated(skeleton, head.section_codecs & 15)
-    else:
-        skeleton = zlib.compress(skeleton_raw)
-        head.skeleton_raw, head.skeleton_packed = len(skeleton_raw), len(skeleton)
-        head.section_codecs = (head.section_codecs & 0xF0) | SKELETON_ZLIB
-    if index is None:
-        index = _inflated(old_index, head.section_codecs >> 4)
-    else:
-        old_index = zlib.compress(index)
-        head.index_raw, head.index_packed = len(index), len(old_index)
-        head.section_codecs = (head.section_codecs & 15) | SKELETON_ZLIB << 4
-    for k, v in (fields or {}).items():
-        setattr(head, k, v)
-    return PREFIX + stream + skeleton + old_index + rest + head.trailer(skeleton_raw, index)
+    parts = sections.split(data)
+    return parts.head, parts.stream, parts.skeleton, parts.index, parts.rest
 
 
 def _index_raw(data: bytes) -> bytes:
-    head, _, _, index, _ = _sections(data)
-    return _inflated(index, head.section_codecs >> 4)
+    return sections.split(data).index_raw()
 
 
 def _skeleton_raw(data: bytes) -> bytes:
-    head, _, skeleton, _, _ = _sections(data)
-    return _inflated(skeleton, head.section_codecs & 15)
+    return sections.split(data).skeleton_raw()
 
 
-def _inflated(blob: bytes, codec: int) -> bytes:
-    if codec == SKELETON_BROTLI:
-        import brotli
-
-        return brotli.decompress(blob)
-    if codec == SKELETON_DEFLATE:
-        return zlib.decompress(blob, -15)
-    return zlib.decompress(blob) if codec == SKELETON_ZLIB else lzma.decompress(blob)
+_rebuild = sections.rebuild
 
 
 def test_bundle_checksum_names_its_tensors():

@@ -247,8 +247,8 @@ static int64_t param_table(const uint8_t *buf, int64_t len, uint32_t *by_byte) {
  * One rANS stream header after its lane count (rans.py: parse, read_symbol_set, read_nibble_varints,
  * read_states, _decode_table in one pass): the symbol set, the table precision, the nibble-varint
  * frequencies (or a parametric table) and the lane states, into the 4096-entry decode table and the
- * lanes' start states. Returns the bytes read, or -1 for any inconsistency; the caller then runs the
- * Python reader, which names the fault. (The Python path is the reference: a property test parses
+ * lanes' start states (table and states NULL: the header is only checked and measured). Returns the
+ * bytes read, or -1 for any inconsistency; the caller then runs the Python reader, which names the fault. (The Python path is the reference: a property test parses
  * random and damaged headers both ways.)
  */
 int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *table, uint32_t *states) {
@@ -315,7 +315,7 @@ int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *ta
         for (int64_t i = 0; i < count; i++) freqs[i] <<= RANS_PRECISION - precision;
     }
     uint32_t cum = 0;
-    for (int64_t i = 0; i < count; i++) {
+    for (int64_t i = 0; i < count && table != NULL; i++) {
         const uint32_t f = freqs[i];
         for (uint32_t k = 0; k < f; k++) table[cum + k] = present[i] | f << 8 | k << 20;
         cum += f;
@@ -334,7 +334,7 @@ int64_t rans_header(const uint8_t *buf, int64_t len, int64_t lanes, uint32_t *ta
         for (int b = 0; b < n; b++) x |= (uint32_t)buf[pos + b] << (8 * b);
         pos += n;
         if (x < RANS_LOW || (x < (1u << 24)) != is_short) return -1;
-        states[j] = x;
+        if (states != NULL) states[j] = x;
     }
     return pos;
 }

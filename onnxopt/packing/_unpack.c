@@ -1,10 +1,13 @@
 /*
  * The spliced model bytes of a packed file in one call, for the files whose records use only the
  * plain codecs: RAW, PLANES of RAW / CONST / rANS planes, BUNDLE (of RAW or PLANES), SLICE and REF, all
- * filling byte fields (raw_data, float_data, double_data) in the skeleton's holes. That is every record
- * of most small int8 models, whose unpacking is otherwise mostly Python bookkeeping per record
- * (pack.py: _index_records, _unpack; codecs.py: parse_payload, _parse_planes; rans.py: parse,
- * decode_batch; codecs.py: fill_planes, place_carries, assemble).
+ * filling byte fields (raw_data, float_data, double_data) in the skeleton's holes. Small int8 models
+ * whose tensors are bundled and rANS-coded are such files (MTCNN-p int8: 12 records, 6.7 KB of weights),
+ * and their unpacking was mostly Python bookkeeping per record, three times the time zlib takes to
+ * inflate the same weights (pack.py: _index_records, _unpack; codecs.py: parse_payload, _parse_planes;
+ * rans.py: parse, decode_batch; codecs.py: fill_planes, place_carries, assemble). Files with other
+ * codecs (brotli, LZMA, zlib, split planes, row groups, chunks, Huffman) are declined after the index,
+ * or at the first such payload, and read by the Python reader as before.
  *
  * The Python reader stays the reference and the only one that names faults: this one follows it check
  * for check, and wherever it meets something it does not handle (another codec, an integer or
@@ -26,7 +29,6 @@ enum { C_RAW = 0, C_PLANES = 3, C_REF = 4, C_BUNDLE = 5, C_SLICE = 6 };
 enum { PLANE_RAW = 0, PLANE_CONST = 1, PLANE_RANS = 2 };
 #define EXPLICIT_LEN 0x80
 #define TAIL_MIN_STEPS 3
-#define MAX_PLANES 255
 
 /* payload.py FIELD_TAG, by kind: the wire tag of the field a record fills */
 static const uint8_t FIELD_TAG[7] = {0, 9 << 3 | 2, 4 << 3 | 2, 5 << 3 | 2, 7 << 3 | 2, 10 << 3 | 2, 11 << 3 | 2};
@@ -47,9 +49,10 @@ typedef struct {
 
 /* one rANS plane (rans.py LaneStream): dest is absolute in out */
 typedef struct {
-    int64_t lanes, steps, nwords, dest, stride, carry_at, base, n, pool_first, pool_count, lane0;
+    int64_t lanes, steps, nwords, dest, stride, carry_at, base, n, pool_first, lane0;
     int tail;
-    uint32_t *table; /* its 4096 entries, then its lanes' start states */
+    const uint8_t *header; /* its header after the lane count, header_len bytes (checked; read again to decode) */
+    int64_t header_len;
 } stream_t;
 
 /* one RAW plane (from the k-th n-byte run of the payload's bulk) or CONST plane (value) of a payload */
@@ -136,8 +139,6 @@ static int field_content(const unpack_t *u, int64_t at, int64_t *size, int64_t *
 static int read_index(unpack_t *u, const uint8_t *index, int64_t index_len) {
     cursor_t c = {index, 0, index_len};
     int64_t cursor = 0;
-    int64_t unskipped[256];
-    for (int i = 0; i < 256; i++) unskipped[i] = -1; /* not yet counted */
     for (int64_t k = 0; k < u->count; k++) {
         record_t *rec = &u->records[k];
         memset(rec, 0, sizeof *rec);
@@ -157,18 +158,11 @@ static int read_index(unpack_t *u, const uint8_t *index, int64_t index_len) {
             raw_len = (int64_t)v;
         }
         if (place & 1) return UNSUPPORTED; /* a field record: restored on the parsed tensor */
-        /* the hole: the (skip)-th field with this tag from the cursor on, as _index_records finds it */
+        /* the hole: past `skip` bytes equal to the field's tag from the cursor on, the next one (as
+           _index_records finds it; its count of each tag byte only bounds the work, and here the records'
+           searches cover disjoint stretches of the skeleton, each ending at its hole) */
         const uint8_t tag_byte = FIELD_TAG[kind];
         const uint64_t skip = place >> 1;
-        if (unskipped[tag_byte] < 0) {
-            int64_t count = 0;
-            for (const uint8_t *p = u->skeleton, *end = p + u->skeleton_len;
-                 (p = memchr(p, tag_byte, (size_t)(end - p))) != NULL; p++)
-                count++;
-            unskipped[tag_byte] = count;
-        }
-        if (skip > (uint64_t)unskipped[tag_byte]) return REFUSED;
-        unskipped[tag_byte] -= (int64_t)skip;
         const uint8_t *hit = NULL;
         int64_t from = cursor;
         for (uint64_t s = 0; s <= skip; s++) {
@@ -270,17 +264,14 @@ static int parse_planes(const limits_t *lim, cursor_t *meta, const uint8_t *bulk
             const uint64_t max_lanes = (uint64_t)(n < lim->max_lanes ? n : lim->max_lanes);
             if (lanes < 1 || lanes > max_lanes || (n + (int64_t)lanes - 1) / (int64_t)lanes > lim->max_steps)
                 return REFUSED;
-            if ((uint64_t)(meta->end - meta->pos) < 3 * lanes) return REFUSED; /* (its states alone take that) */
             if (grow((void **)&s->streams, &s->streams_cap, s->nstreams + 1, sizeof(stream_t))) return NO_MEMORY;
-            stream_t *st = &s->streams[s->nstreams];
+            stream_t *st = &s->streams[s->nstreams++];
             memset(st, 0, sizeof *st);
-            st->table = malloc(sizeof(uint32_t) * (TABLE_SIZE + lanes));
-            if (st->table == NULL) return NO_MEMORY;
-            s->nstreams++;
-            const int64_t used = rans_header(meta->buf + meta->pos, meta->end - meta->pos, (int64_t)lanes, st->table,
-                                             st->table + TABLE_SIZE);
-            if (used < 0) return REFUSED;
-            meta->pos += used;
+            /* (checked and measured only: the table is built once the file is known to be this path's) */
+            st->header = meta->buf + meta->pos;
+            st->header_len = rans_header(st->header, meta->end - meta->pos, (int64_t)lanes, NULL, NULL);
+            if (st->header_len < 0) return REFUSED;
+            meta->pos += st->header_len;
             st->lanes = (int64_t)lanes;
             st->steps = (n + st->lanes - 1) / st->lanes;
             if (uvarint(meta, &nwords) || nwords > (uint64_t)(st->steps * st->lanes)) return REFUSED;
@@ -304,7 +295,6 @@ static int parse_planes(const limits_t *lim, cursor_t *meta, const uint8_t *bulk
     for (int64_t k = first_stream; k < s->nstreams; k++) {
         stream_t *st = &s->streams[k];
         st->pool_first = first_pool;
-        st->pool_count = s->npool - first_pool;
         if (avail >= 2 * st->lanes) {
             avail -= 2 * st->lanes;
             st->carry_at = avail;
@@ -380,6 +370,7 @@ static int decode_streams(planes_t *s, const uint8_t *word_bytes, uint8_t *out, 
     for (int64_t i = 0; i < k; i++) total_lanes += s->streams[i].lanes;
     uint32_t *x = malloc(sizeof(uint32_t) * total_lanes);
     if (!order || !layout || !tab || !words || !x) goto done;
+    status = REFUSED;
     memcpy(words, word_bytes, sizeof(uint16_t) * s->words); /* (little-endian words: checked by the caller) */
     for (int64_t i = 0; i < k; i++) order[i] = (order_t){s->streams[i].steps, i};
     qsort(order, (size_t)k, sizeof(order_t), by_steps);
@@ -390,13 +381,12 @@ static int decode_streams(planes_t *s, const uint8_t *word_bytes, uint8_t *out, 
         layout[(k + 1) + j] = st->steps;
         layout[2 * (k + 1) + j] = st->dest;
         layout[3 * (k + 1) + j] = st->stride;
-        memcpy(tab + j * TABLE_SIZE, st->table, sizeof(uint32_t) * TABLE_SIZE);
-        memcpy(x + lane, st->table + TABLE_SIZE, sizeof(uint32_t) * st->lanes);
+        if (rans_header(st->header, st->header_len, st->lanes, tab + j * TABLE_SIZE, x + lane) != st->header_len)
+            goto done; /* (cannot happen: the same bytes were read at parse time) */
         st->lane0 = lane;
         lane += st->lanes;
     }
     for (int r = 0; r < 4; r++) layout[r * (k + 1) + k] = 0;
-    status = REFUSED;
     if (rans_decode(k, layout, x, tab, words, s->words, out, out_len) != s->words) goto done;
     for (int64_t i = 0; i < k; i++) {
         const stream_t *st = &s->streams[i];
@@ -530,7 +520,6 @@ static int run(unpack_t *u, const uint8_t *index, int64_t index_len, const uint8
         PyEval_RestoreThread(state);
     }
     if (status == DONE && (*result = splice(u, spliced)) == NULL) status = NO_MEMORY;
-    for (int64_t i = 0; i < s.nstreams; i++) free(s.streams[i].table);
     free(s.streams);
     free(s.fills);
     free(s.pool_planes);

@@ -764,6 +764,10 @@ def _index_records(raw: bytes, count: int, skeleton: bytes, limits: Limits) -> l
     return records
 
 
+#: what reading a malformed file may raise (unpack_model turns each into a BadModelError)
+_READ_ERRORS = (CorruptPackError, MemoryError, ValueError, TypeError, IndexError, OverflowError, KeyError, DecodeError)
+
+
 def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = LIMITS) -> onnx.ModelProto:
     """Restore the exact ModelProto from a packed file's bytes.
 
@@ -785,7 +789,18 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
         raise BadModelError(f"{source}: corrupt packed file ({type(exc).__name__}: {exc})", advice=advice) from None
 
 
-def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
+@dataclass
+class _Opened:
+    """A packed file with its trailer read and its skeleton and index inflated and checked."""
+
+    head: Header
+    stream: Reader  # the stream section
+    rest: Reader  # the payloads and coder words, up to the trailer
+    skeleton: bytes
+    index: bytes
+
+
+def _open(data: memoryview, limits: Limits) -> _Opened:
     head = read_header(data, limits)
     stream = Reader(data, "stream section", pos=PREFIX_SIZE, end=PREFIX_SIZE + head.stream_bytes)
     r = Reader(data, "packed file", pos=PREFIX_SIZE + head.stream_bytes, end=len(data) - head.trailer_bytes)
@@ -793,11 +808,51 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
     index_raw = _inflate(head.section_codecs >> 4, r.take(head.index_packed), head.index_raw, "tensor index")
     if head.metadata_crc(skeleton, index_raw) != head.crc:
         raise CorruptPackError("checksum mismatch in the trailer, the model skeleton or the tensor index")
-    if head.stream_bytes == 0:  # the one-call path, for files of the plain codecs (_unpack.c; it declines the rest)
-        spliced = native.unpack_spliced(skeleton, index_raw, data, r.pos, r.end, head.records, limits)
-        if type(spliced) is bytes:
-            return _parse_model(spliced)
-    records = _read_index(index_raw, head.records, skeleton, limits)
+    return _Opened(head, stream, r, skeleton, index_raw)
+
+
+def _one_call(opened: _Opened, data: memoryview, limits: Limits) -> bytes | int | None:
+    """The one-call path's spliced model bytes (_unpack.c, via native.unpack_spliced), or the int it
+    declines the file with; None for files with a stream section, which it leaves to the Python reader."""
+    if opened.head.stream_bytes:
+        return None
+    return native.unpack_spliced(opened.skeleton, opened.index, data, opened.rest.pos, opened.rest.end,
+                                 opened.head.records, limits)
+
+
+def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
+    opened = _open(data, limits)
+    fast = _one_call(opened, data, limits)
+    if type(fast) is bytes:
+        return _parse_model(fast)
+    spliced, records, decoded, names = _python_splice(opened, limits)
+    model = _parse_model(spliced)
+    del spliced  # (up to 256 MB of holes: not held while the field records are restored)
+    _restore_fields(model, records, decoded, names)
+    return model
+
+
+def reader_verdicts(data: bytes, limits: Limits = LIMITS) -> tuple[bytes | int | None, bytes | str]:
+    """For tests and fuzzing, one packed file read both ways: (the one-call path's spliced bytes, its
+    decline code, or None where it is not reached; the Python reader's spliced bytes, or its error).
+    Wherever the first is bytes, the second must be the same bytes; both are then parsed alike."""
+    view = memoryview(data)
+    try:
+        opened = _open(view, limits)
+    except _READ_ERRORS as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    fast = _one_call(opened, view, limits)
+    try:
+        return fast, _python_splice(opened, limits)[0]
+    except _READ_ERRORS as exc:
+        return fast, f"{type(exc).__name__}: {exc}"
+
+
+def _python_splice(opened: _Opened, limits: Limits) -> tuple[bytes, list[_Record], list[bytes], _Names]:
+    """The reference reader: the skeleton with every hole filled, and the records and their decoded
+    payloads (field records are restored once the spliced bytes are parsed: :func:`_restore_fields`)."""
+    head, stream, r, skeleton = opened.head, opened.stream, opened.rest, opened.skeleton
+    records = _read_index(opened.index, head.records, skeleton, limits)
     if sum(rec.packed_len for rec in records if rec.codec == _CHUNKS) != head.stream_bytes:
         raise CorruptPackError("tensor records do not add up to the stream section")
     total = sum(rec.raw_len for rec in records)
@@ -887,21 +942,24 @@ def _unpack(data: memoryview, limits: Limits) -> onnx.ModelProto:
                 if len(payload) != rec.hole_len:
                     raise CorruptPackError(f"{names[i]}: its values do not fill the skeleton's field")
             fills.append((rec.hole, payload))
-    model = _parse_model(_splice(view, fills))
-    del fills
-    if any(rec.tensor >= 0 for rec in records):
-        tensors = walk_tensors(model)
-        for i, rec in enumerate(records):
-            if rec.tensor < 0:
-                continue
-            if rec.tensor >= len(tensors) or not field_is_empty(tensors[rec.tensor], rec.kind):
-                raise CorruptPackError(f"{names[i]}: no tensor with an empty data field at walk position {rec.tensor}")
-            t = tensors[rec.tensor]
-            try:
-                restore_payload(t, rec.kind, rec.store, decoded[i])
-            except (ValueError, TypeError) as exc:
-                raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
-    return model
+    return _splice(view, fills), records, decoded, names
+
+
+def _restore_fields(model: onnx.ModelProto, records: list[_Record], decoded: list[bytes], names: _Names) -> None:
+    """Set the payloads of field records (large tensors) on the parsed model's tensors."""
+    if not any(rec.tensor >= 0 for rec in records):
+        return
+    tensors = walk_tensors(model)
+    for i, rec in enumerate(records):
+        if rec.tensor < 0:
+            continue
+        if rec.tensor >= len(tensors) or not field_is_empty(tensors[rec.tensor], rec.kind):
+            raise CorruptPackError(f"{names[i]}: no tensor with an empty data field at walk position {rec.tensor}")
+        t = tensors[rec.tensor]
+        try:
+            restore_payload(t, rec.kind, rec.store, decoded[i])
+        except (ValueError, TypeError) as exc:
+            raise CorruptPackError(f"tensor {t.name!r}: cannot restore its data ({exc})") from None
 
 
 def _parse_model(spliced: bytes) -> onnx.ModelProto:
