@@ -754,7 +754,7 @@ def _decode_both_ways(module, encoded, sizes, monkeypatch):
     """Decode with the compiled loops and with the numpy reference loops: (ok, planes) of each."""
     results = []
     for flag in ("1", "0"):
-        monkeypatch.setenv("ONNXOPT_NATIVE", flag)
+        monkeypatch.setattr(native, "_enabled", flag == "1")
         results.append(_decode_streams(module, encoded, sizes))
     return results
 
@@ -1441,7 +1441,7 @@ def test_damaged_rans_headers_get_the_same_verdict_with_and_without_the_compiled
         file = _rebuild(data, index=bytes(damaged))
         verdicts = []
         for flag in ("1", "0"):
-            monkeypatch.setenv("ONNXOPT_NATIVE", flag)
+            monkeypatch.setattr(native, "_enabled", flag == "1")
             try:
                 verdicts.append(unpack_model(file).SerializeToString())
             except BadModelError as exc:
@@ -1666,6 +1666,6 @@ def test_whole_files_unpack_the_same_with_compiled_and_numpy_loops(monkeypatch):
         assert result.lockstep_words > 0 and all(coder in t.codec for t in result.tensors)
         restored = []
         for flag in ("1", "0"):
-            monkeypatch.setenv("ONNXOPT_NATIVE", flag)
+            monkeypatch.setattr(native, "_enabled", flag == "1")
             restored.append(unpack_model(result.data).SerializeToString())
         assert restored[0] == restored[1] == model.SerializeToString()

@@ -100,9 +100,20 @@ def test_what_the_one_call_path_declines():
     assert unpack_model(huff).SerializeToString() == unpack_model(lz).SerializeToString() == int8.SerializeToString()
 
 
+def test_native_environment_switch_is_read_at_start_up():
+    import os
+    import subprocess
+    import sys
+
+    code = "from onnxopt.packing import native; print(native.available(), native.set_native(True))"
+    env = {**os.environ, "ONNXOPT_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_numpy_only_switch_turns_the_one_call_path_off(monkeypatch):
     data = pack_model(int8_weights(1)).data
-    monkeypatch.setenv("ONNXOPT_NATIVE", "0")
+    monkeypatch.setattr(native, "_enabled", False)
     assert reader_verdicts(data)[0] == 4
 
 

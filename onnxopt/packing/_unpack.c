@@ -206,6 +206,8 @@ static int read_index(unpack_t *u, const uint8_t *index, int64_t index_len) {
         if (codec == C_BUNDLE) {
             rec->bundle_len = raw_len;
             u->heads[u->nheads++] = k;
+            /* (a bundle of another codec, most often brotli: declined now, not after the whole index) */
+            if (rec->meta_len && index[rec->meta_at] != C_RAW && index[rec->meta_at] != C_PLANES) return UNSUPPORTED;
         }
     }
     return c.pos == c.end ? DONE : REFUSED;

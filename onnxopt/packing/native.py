@@ -3,9 +3,9 @@
 ``pip install`` compiles ``onnxopt/packing/_lanes.c`` and ``_unpack.c`` as one optional extension:
 without a C compiler the install still succeeds and unpacking uses the Python reader and the numpy
 decoders in rans.py and huffman.py, which read the same files (about 5-10x slower on int8 models).
-``ONNXOPT_NATIVE=0`` forces those (the tests use it to check that both agree). Where the CPU has AVX2,
-the rANS loop decodes eight lanes at a time (``ONNXOPT_SIMD=0`` or :func:`set_simd` turn that off: the
-same bytes either way).
+``ONNXOPT_NATIVE=0`` at start-up (or :func:`set_native`) forces those (the tests check that both
+agree). Where the CPU has AVX2, the rANS loop decodes eight lanes at a time (``ONNXOPT_SIMD=0`` or
+:func:`set_simd` turn that off: the same bytes either way).
 
 The loops are called through ctypes: they take plain arrays, so their C stays a pair of loops. The
 one-call unpacker is a CPython function (:func:`unpack_spliced`): it exists to take the per-call cost
@@ -69,9 +69,24 @@ def simd_supported() -> bool:
     return bool(lib.rans_simd(-1) & 2) if lib is not None else False
 
 
+#: whether the compiled module may be used (ONNXOPT_NATIVE=0 at start-up: no; :func:`set_native`)
+_enabled = os.environ.get("ONNXOPT_NATIVE", "1") != "0"
+
+
+def set_native(on: bool | None = None) -> bool:
+    """Use the compiled module where it is built (True), or the Python reader and numpy loops only
+    (False; ``None``: leave it); returns whether it is used. Both read the same files to the same bytes.
+    (The switch is a variable rather than a look-up of ONNXOPT_NATIVE per call: that took about a
+    microsecond, several times per unpack.)"""
+    global _enabled
+    if on is not None:
+        _enabled = bool(on)
+    return available()
+
+
 def available() -> bool:
-    """True when the compiled loops are built and not switched off with ``ONNXOPT_NATIVE=0``."""
-    return os.environ.get("ONNXOPT_NATIVE", "1") != "0" and _library() is not None
+    """True when the compiled module is built and not switched off (ONNXOPT_NATIVE=0, :func:`set_native`)."""
+    return _enabled and _library() is not None
 
 
 @lru_cache(maxsize=1)
