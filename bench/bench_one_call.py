@@ -46,7 +46,7 @@ def seed_packs(models: str) -> dict[str, bytes]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", type=int, default=6000)
+    ap.add_argument("--cases", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="", help="folder of real .onnx models (their int8 versions seed too)")
     args = ap.parse_args()
