@@ -100,6 +100,18 @@ def test_what_the_one_call_path_declines():
     assert unpack_model(huff).SerializeToString() == unpack_model(lz).SerializeToString() == int8.SerializeToString()
 
 
+def test_limits_beyond_64_bits_are_taken_as_no_limit():
+    from onnxopt.packing import Limits
+
+    data = pack_model(int8_weights(2)).data
+    huge = Limits(max_total_bytes=10**30, max_tensor_bytes=10**25, max_steps=10**20)
+    fast, verdict = reader_verdicts(data, huge)
+    assert isinstance(fast, bytes) and fast == verdict
+    tight = Limits(max_tensor_bytes=1000)  # (the bundle is larger: both readers refuse it)
+    fast, verdict = reader_verdicts(data, tight)
+    assert fast == 2 and "declares a 4608-byte tensor" in verdict
+
+
 def test_native_environment_switch_is_read_at_start_up():
     import os
     import subprocess

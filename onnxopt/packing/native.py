@@ -92,9 +92,10 @@ def available() -> bool:
 @lru_cache(maxsize=1)
 def _module() -> ModuleType | None:
     try:
-        return importlib.import_module("onnxopt.packing._lanes") if _library() is not None else None
+        module = importlib.import_module("onnxopt.packing._lanes") if _library() is not None else None
     except ImportError:  # (the shared object loaded through ctypes, but not as a module: a foreign build)
         return None
+    return module if hasattr(module, "unpack_spliced") else None  # (a build older than _unpack.c: loops only)
 
 
 def unpack_spliced(skeleton: bytes, index: bytes, data: memoryview, start: int, end: int, records: int,
@@ -106,8 +107,9 @@ def unpack_spliced(skeleton: bytes, index: bytes, data: memoryview, start: int, 
     module = _module() if available() else None
     if module is None:
         return 4
-    return module.unpack_spliced(skeleton, index, data, start, end, records, limits.max_tensor_bytes,
-                                 limits.max_total_bytes, limits.max_skeleton_bytes, limits.max_lanes, limits.max_steps)
+    bounds = (limits.max_tensor_bytes, limits.max_total_bytes, limits.max_skeleton_bytes, limits.max_lanes,
+              limits.max_steps)
+    return module.unpack_spliced(skeleton, index, data, start, end, records, *(min(b, 1 << 62) for b in bounds))
 
 
 def _ptr(a: np.ndarray) -> int:
