@@ -25,8 +25,8 @@
 
 enum { DONE = 0, UNSUPPORTED = 1, REFUSED = 2, NO_MEMORY = 3 };
 enum { KIND_RAW_DATA = 1, KIND_FLOAT = 2, KIND_INT32 = 3, KIND_INT64 = 4, KIND_DOUBLE = 5, KIND_UINT64 = 6 };
-enum { C_RAW = 0, C_PLANES = 3, C_REF = 4, C_BUNDLE = 5, C_SLICE = 6 };
-enum { PLANE_RAW = 0, PLANE_CONST = 1, PLANE_RANS = 2 };
+enum { C_RAW = 0, C_PLANES = 3, C_REF = 4, C_BUNDLE = 5, C_SLICE = 6, C_CHUNKS = 9 };
+enum { PLANE_RAW = 0, PLANE_CONST = 1, PLANE_RANS = 2, PLANE_HUFFMAN = 3 };
 #define EXPLICIT_LEN 0x80
 #define TAIL_MIN_STEPS 3
 
@@ -287,7 +287,7 @@ static int parse_planes(const limits_t *lim, cursor_t *meta, const uint8_t *bulk
             const int64_t reach = p + (st->lanes * st->steps - 1) * itemsize + 1;
             if (reach > *extent) *extent = reach;
         } else {
-            return codec == 3 ? UNSUPPORTED : REFUSED; /* (3: Huffman, which only the Python path reads) */
+            return codec == PLANE_HUFFMAN ? UNSUPPORTED : REFUSED; /* (Huffman: the Python path reads it) */
         }
     }
     if (meta->pos != meta->end) return REFUSED;
@@ -325,8 +325,9 @@ static int parse_payloads(unpack_t *u, const uint8_t *index, const uint8_t *data
         if (codec == C_BUNDLE) {
             if (meta.pos >= meta.end) return REFUSED;
             codec = index[meta.pos++];
-            if (codec == C_REF || codec == C_SLICE || codec == C_BUNDLE || codec == 9 || rec->bundle_len < rec->raw_len)
-                return REFUSED; /* (9: CHUNKS) */
+            if (codec == C_REF || codec == C_SLICE || codec == C_BUNDLE || codec == C_CHUNKS ||
+                rec->bundle_len < rec->raw_len)
+                return REFUSED;
             if (codec != C_RAW && codec != C_PLANES) return UNSUPPORTED;
             rec->size = rec->bundle_len;
             bundled += rec->size;

@@ -27,6 +27,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
@@ -66,23 +67,26 @@ class LaneStream:
     tail: bool = False  # the carried bytes are the lanes' own last two symbols (not lockstep-decoded)
 
 
-def lane_order(steps: Sequence[int]) -> np.ndarray:
-    """Order in which streams' lanes are laid out: most steps first, file order among equals."""
-    return np.argsort(-np.asarray(steps, dtype=np.int64), kind="stable")
+S = TypeVar("S", EncodedStream, LaneStream)
+
+
+def lane_order(streams: Sequence[S]) -> list[S]:
+    """The streams in the order their lanes are laid out: most steps first, file order among equals."""
+    return sorted(streams, key=lambda s: -s.steps)  # (a stable sort)
 
 
 def interleave_words(streams: Sequence[EncodedStream], dtype: type) -> np.ndarray:
     """All streams' words merged in the batch decoder's read order (step, then global lane)."""
     if not streams:
         return np.zeros(0, dtype=dtype)
-    order = lane_order([s.steps for s in streams])
-    lanes = np.array([streams[i].lanes for i in order], dtype=np.int64)
+    ordered = lane_order(streams)
+    lanes = np.array([s.lanes for s in ordered], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(lanes)])
     total = int(start[-1])
     keys = np.concatenate(
-        [streams[i].word_step.astype(np.int64) * total + start[k] + streams[i].word_lane for k, i in enumerate(order)]
+        [s.word_step.astype(np.int64) * total + start[k] + s.word_lane for k, s in enumerate(ordered)]
     )
-    words = np.concatenate([streams[i].words for i in order]).astype(dtype, copy=False)
+    words = np.concatenate([s.words for s in ordered]).astype(dtype, copy=False)
     return words[np.argsort(keys, kind="stable")]
 
 
@@ -95,7 +99,7 @@ class LaneBatch:
     """
 
     def __init__(self, streams: Sequence[LaneStream], words: np.ndarray, state_dtype: type) -> None:
-        ordered = sorted(streams, key=lambda s: -s.steps)  # (stable: file order among equals; lane_order)
+        ordered = lane_order(streams)
         k = len(ordered)
         lanes = [s.lanes for s in ordered]
         starts = [0, *itertools.accumulate(lanes)]
@@ -119,10 +123,11 @@ class LaneBatch:
         self.read = 0
         self.ordered = ordered
         self.lane_ranges = list(itertools.pairwise(starts))
+        self._starts = starts
 
     @cached_property
     def _start(self) -> np.ndarray:
-        return np.array([0, *itertools.accumulate(self.lanes.tolist())], dtype=np.int64)
+        return np.array(self._starts, dtype=np.int64)
 
     @cached_property
     def alive_lanes(self) -> list[int]:

@@ -784,7 +784,7 @@ def unpack_model(data: bytes, source: str = "packed file", *, limits: Limits = L
     except MemoryError:
         raise BadModelError(f"{source}: corrupt packed file: declared sizes do not fit in memory",
                             advice=advice) from None
-    except (ValueError, TypeError, IndexError, OverflowError, KeyError, DecodeError) as exc:
+    except _READ_ERRORS as exc:  # (the rest of them)
         log.debug("unpack failed", exc_info=True)
         raise BadModelError(f"{source}: corrupt packed file ({type(exc).__name__}: {exc})", advice=advice) from None
 

@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass
 
 from onnxopt.packing.format import PREFIX, PREFIX_SIZE, SKELETON_ZLIB, Header, read_header
+from onnxopt.packing.pack import _inflate
 
 
 @dataclass
@@ -28,16 +29,11 @@ class Sections:
         return PREFIX_SIZE + len(self.stream) + len(self.skeleton) + len(self.index)
 
     def skeleton_raw(self) -> bytes:
-        return _inflate(self.head.section_codecs & 15, self.skeleton, self.head.skeleton_raw, "model skeleton")
+        head = self.head
+        return _inflate(head.section_codecs & 15, memoryview(self.skeleton), head.skeleton_raw, "model skeleton")
 
     def index_raw(self) -> bytes:
-        return _inflate(self.head.section_codecs >> 4, self.index, self.head.index_raw, "tensor index")
-
-
-def _inflate(codec: int, blob: bytes, raw_len: int, what: str) -> bytes:
-    from onnxopt.packing.pack import _inflate as inflate_section
-
-    return inflate_section(codec, memoryview(blob), raw_len, what)
+        return _inflate(self.head.section_codecs >> 4, memoryview(self.index), self.head.index_raw, "tensor index")
 
 
 def split(data: bytes) -> Sections:
